@@ -1,0 +1,222 @@
+"""Few-shot episodes: which image pairs with which supports, and the batch every model reads.
+
+An *episode* of an N-way K-shot task is a query image, ``N*K`` support images (``K`` per
+class, way-major) and the ``N`` classes to segment. Episodes are drawn from an
+:class:`EpisodePool`, the classes of one fold and split with, for each class, the images that
+may serve as query and as support:
+
+- training (``split="train"``): the fold's *base* classes; an image qualifies for a class when
+  it holds at least ``min_pixels`` of it (PASCAL-5i: 2*32*32). If the source says so, images
+  that contain any novel class are dropped entirely; otherwise novel pixels are background.
+- testing (``split="val"``): the fold's *novel* classes; any image holding the class can be the
+  query, supports need ``min_pixels``.
+
+The support never equals the query, and the ``K`` supports of a class are distinct.
+
+Masks are coded per episode, not per dataset: 1 = the episode's class (``n`` = its ``n``-th
+class in N-way queries), 0 = background, 255 = ignore. Background includes every other class,
+novel or base, as in PASCAL-5i. In N-way *supports*, pixels of the episode's other classes are
+255 (neither foreground nor background), so the background prototype never absorbs another
+target class (PANet, section 3.3).
+
+Test episodes are a fixed list from a seed (:func:`sample_episodes`) that can be saved and
+reloaded byte for byte (:func:`save_episodes`, :func:`load_episodes`); training episodes are
+drawn from ``(seed, index)`` so a resumed run sees the same stream.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .folds import base_classes, fold_classes
+from .sources import IGNORE, LABEL_IGNORE, DatasetError, SegmentationSource
+from .weak import WEAK_ANNOTATIONS, weak_annotation
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One N-way K-shot episode, by image stems (way-major supports: ``supports[n*K + k]``)."""
+
+    query: str
+    supports: tuple[str, ...]
+    classes: tuple[int, ...]
+
+    @property
+    def way(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shot(self) -> int:
+        return len(self.supports) // len(self.classes)
+
+
+class EpisodePool:
+    """Classes and, per class, the images eligible as query and as support."""
+
+    def __init__(self, source: SegmentationSource, split: str, classes: Sequence[int],
+                 min_query_pixels: int = 1, exclude_images_with: Sequence[int] = ()):
+        source.check_split(split)
+        self.source, self.split, self.classes = source, split, [int(c) for c in classes]
+        pairs = source.index(split)
+        excluded = {p.stem for p in pairs if p.class_id in set(exclude_images_with)}
+        wanted = set(self.classes)
+        self.queries: dict[int, list[str]] = {c: [] for c in self.classes}
+        self.supports: dict[int, list[str]] = {c: [] for c in self.classes}
+        for p in pairs:
+            if p.class_id not in wanted or p.stem in excluded:
+                continue
+            if p.pixels >= min_query_pixels:
+                self.queries[p.class_id].append(p.stem)
+            if p.pixels >= source.min_pixels:
+                self.supports[p.class_id].append(p.stem)
+        empty = [c for c in self.classes if not self.queries[c]]
+        if empty:
+            raise DatasetError(f"{source.benchmark} {split}: no image qualifies for classes {empty}")
+
+    @classmethod
+    def for_fold(cls, source: SegmentationSource, fold: int, split: str,
+                 convention: str | None = None) -> "EpisodePool":
+        """The pool of ``fold``: base classes for ``split="train"``, novel classes otherwise."""
+        novel = fold_classes(source.benchmark, fold, convention)
+        if split == "train":
+            exclude = () if source.novel_in_train_images else novel
+            return cls(source, split, base_classes(source.benchmark, fold, convention),
+                       min_query_pixels=source.min_pixels, exclude_images_with=exclude)
+        return cls(source, split, novel, min_query_pixels=1)
+
+    def sample(self, rng: np.random.Generator, shot: int = 1, way: int = 1) -> Episode:
+        """Draw one episode: the query's class uniformly, then the query, then the supports."""
+        if not 1 <= way <= len(self.classes):
+            raise ValueError(f"way must be in 1..{len(self.classes)} for this pool, got {way}")
+        if shot < 1:
+            raise ValueError(f"shot must be >= 1, got {shot}")
+        first = self.classes[rng.integers(len(self.classes))]
+        query = self.queries[first][rng.integers(len(self.queries[first]))]
+        others = [c for c in self.classes if c != first]
+        classes = [first] + [others[i] for i in rng.choice(len(others), size=way - 1, replace=False)]
+        classes = [classes[i] for i in rng.permutation(way)]  # the query's class is not always way 0
+        supports: list[str] = []
+        for c in classes:
+            candidates = [s for s in self.supports[c] if s != query]
+            if len(candidates) < shot:
+                raise DatasetError(
+                    f"{self.source.benchmark} {self.split}: class {c} has {len(candidates)} support images "
+                    f"besides the query, {shot} needed for {shot}-shot")
+            supports += [candidates[i] for i in rng.choice(len(candidates), size=shot, replace=False)]
+        return Episode(query, tuple(supports), tuple(int(c) for c in classes))
+
+
+def sample_episodes(pool: EpisodePool, n: int, shot: int = 1, way: int = 1, seed: int = 0) -> list[Episode]:
+    """A fixed, seeded list of test episodes: the same seed gives the same list on every machine."""
+    rng = np.random.default_rng(seed)
+    return [pool.sample(rng, shot, way) for _ in range(n)]
+
+
+def episodes_to_json(episodes: Sequence[Episode]) -> str:
+    rows = [{"query": e.query, "supports": list(e.supports), "classes": list(e.classes)} for e in episodes]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def save_episodes(path: str | os.PathLike, episodes: Sequence[Episode]) -> None:
+    Path(path).write_text(episodes_to_json(episodes) + "\n")
+
+
+def load_episodes(path: str | os.PathLike) -> list[Episode]:
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())
+        return [Episode(r["query"], tuple(r["supports"]), tuple(int(c) for c in r["classes"])) for r in rows]
+    except FileNotFoundError:
+        raise DatasetError(f"episode list not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path} is not an episode list saved by save_episodes ({e})") from None
+
+
+def episode_mask(label: torch.Tensor, classes: Sequence[int], exclude: Sequence[int] = ()) -> torch.Tensor:
+    """Code a label map (dataset ids) for one episode: ``n+1`` for ``classes[n]``, 0 background,
+    255 ignore (the label's ``LABEL_IGNORE`` pixels, and pixels of ``exclude`` classes: N-way supports).
+    """
+    mask = torch.zeros_like(label, dtype=torch.long)
+    for n, c in enumerate(classes):
+        mask[label == c] = n + 1
+    ignore = label == LABEL_IGNORE
+    for c in exclude:
+        ignore |= label == c
+    mask[ignore] = IGNORE
+    return mask
+
+
+class EpisodeDataset(Dataset):
+    """Episodes as training/evaluation samples in the data contract of DESIGN.md.
+
+    Either a fixed list (``episodes``) or ``length`` episodes drawn from ``(seed, index)``.
+    ``transform(image, label)`` is a paired transform from :mod:`fsslib.data.transforms`; it is
+    seeded per episode, so item ``i`` is identical whatever the worker or the order of access.
+    ``support_annotation`` replaces dense support masks by ``"scribble"`` or ``"box"`` ones.
+    """
+
+    def __init__(self, pool: EpisodePool, transform: Callable, shot: int = 1, way: int = 1,
+                 episodes: Sequence[Episode] | None = None, length: int = 1000, seed: int = 0,
+                 support_annotation: str = "dense"):
+        if support_annotation not in WEAK_ANNOTATIONS:
+            raise ValueError(f"support_annotation must be one of {WEAK_ANNOTATIONS}, got {support_annotation!r}")
+        self.pool, self.transform = pool, transform
+        self.shot, self.way, self.seed = shot, way, seed
+        self.episodes = list(episodes) if episodes is not None else None
+        self.length = len(self.episodes) if self.episodes is not None else length
+        self.support_annotation = support_annotation
+
+    def __len__(self) -> int:
+        return self.length
+
+    def episode(self, index: int) -> Episode:
+        if self.episodes is not None:
+            return self.episodes[index]
+        return self.pool.sample(np.random.default_rng([self.seed, index]), self.shot, self.way)
+
+    def __getitem__(self, index: int) -> dict:
+        episode = self.episode(index)
+        source = self.pool.source
+        generator_seed = int(np.random.default_rng([self.seed, index, 1]).integers(2**62))
+        with torch.random.fork_rng(devices=[]):  # transforms draw from torch's global RNG
+            torch.manual_seed(generator_seed)
+            image, label = source.load(episode.query)
+            query_img, query_label = self.transform(image, label)
+            support_imgs, support_masks = [], []
+            for n, stem in enumerate(episode.supports):
+                img, lab = self.transform(*source.load(stem))
+                target = episode.classes[n // episode.shot]
+                others = [c for c in episode.classes if c != target]
+                support_imgs.append(img)
+                support_masks.append(episode_mask(lab, [target], exclude=others))
+        if self.support_annotation != "dense":
+            rng = np.random.default_rng([self.seed, index, 2])
+            support_masks = [weak_annotation(m, self.support_annotation, rng) for m in support_masks]
+        classes = torch.tensor(episode.classes, dtype=torch.long)
+        return {
+            "support_imgs": torch.stack(support_imgs),
+            "support_masks": torch.stack(support_masks),
+            "query_img": query_img,
+            "query_mask": episode_mask(query_label, episode.classes),
+            "query_mask_orig": episode_mask(torch.from_numpy(label), episode.classes),
+            "class_id": classes[0] if episode.way == 1 else classes,
+            "support_classes": classes,
+            "query_name": episode.query,
+            "support_names": list(episode.supports),
+        }
+
+
+def collate_episodes(items: list[dict]) -> dict:
+    """Stack episodes into a batch; original-resolution labels and names stay lists."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) and key != "query_mask_orig" else values
+    return batch

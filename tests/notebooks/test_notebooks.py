@@ -1,0 +1,34 @@
+"""Execute every notebook in fast mode in a real Jupyter kernel; any error fails the test."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_exist():
+    assert NOTEBOOKS, "no notebooks found"
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        assert not dirty, f"{path.name}: cells {dirty} have outputs; strip with `python tools/nbtools.py strip`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_in_fast_mode(path, synthetic_source, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSSLIB_FAST", "1")
+    monkeypatch.setenv("FSSLIB_DATA", str(synthetic_source.root.parent))  # reuse the session's benchmark
+    monkeypatch.setenv("FSSLIB_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    figures = list((tmp_path / "figures").glob("*.png"))
+    assert figures or "save_figure" not in path.read_text(), f"{path.name} saved no figure"
