@@ -1,0 +1,206 @@
+"""The evaluation protocol: fixed episode lists, one feature pass per image, class-wise IoU rows.
+
+A protocol fixes everything that decides an evaluation's number: episodes per seed, the seeds,
+the shots, N-way, the label resolution and the support annotation. Two methods evaluated with
+one protocol on one fold answer exactly the same episodes.
+
+In eval mode a model maps an image to the same features in every episode, so each test image
+goes through the backbone **once per protocol run** (:class:`FeatureCache`); episodes are then
+assembled from cached features and only the method's head runs per episode, in batches.
+
+Results are rows ``(method, fold, shot, seed, class, intersection, union)``; class 0 holds the
+background counts, from which FB-IoU follows. :func:`summarize` turns rows into mIoU and FB-IoU
+per seed, then a mean and a 95% t-interval over seeds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, sample_episodes
+from ..data.episodes import Episode, episode_mask
+from ..data.weak import weak_annotation
+from ..models.ops import hard_labels, resize_to
+from ..runtime import default_device
+from .evaluator import Evaluator
+
+ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """What an evaluation measures. Defaults: 1000 episodes x seeds 0-4, 1-shot, 1-way."""
+
+    episodes: int = 1000
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    shots: tuple[int, ...] = (1,)
+    way: int = 1
+    #: "original": predictions upsampled to each query's original label (SSP, PFENet, MSDNet);
+    #: "resized": compared with the label resized to the network input (HSNet, PANet).
+    labels: str = "original"
+    #: Network input size; None = the benchmark's default (synthetic 128, PASCAL/COCO 473).
+    image_size: int | None = None
+    #: COCO-20i fold convention ("interleaved" or "contiguous"); None for other benchmarks.
+    convention: str | None = None
+    support_annotation: str = "dense"
+    #: Episodes per head call.
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.labels not in ("original", "resized"):
+            raise ValueError(f"labels must be 'original' or 'resized', got {self.labels!r}")
+
+    def size(self, benchmark: str) -> int:
+        return self.image_size or DEFAULT_SIZES[benchmark]
+
+    def episode_lists(self, pool: EpisodePool, shot: int) -> dict[int, list[Episode]]:
+        return {seed: sample_episodes(pool, self.episodes, shot, self.way, seed) for seed in self.seeds}
+
+
+class FeatureCache:
+    """Backbone features, resized labels and original labels of a set of images, computed once.
+
+    ``features[stage]`` is ``[n_images, C, h, w]`` on ``device``; ``row[stem]`` indexes it.
+    """
+
+    def __init__(self, model: nn.Module, source, stems, size: int, device: torch.device,
+                 batch_size: int = 64, progress: bool = False):
+        from tqdm.auto import tqdm
+
+        self.stems = sorted(set(stems))
+        self.row = {stem: i for i, stem in enumerate(self.stems)}
+        transform = eval_transform(size)
+        images, labels, self.original_labels = [], [], []
+        for stem in self.stems:
+            image, label = source.load(stem)
+            img, lab = transform(image, label)
+            images.append(img)
+            labels.append(lab)
+            self.original_labels.append(torch.from_numpy(label))
+        self.labels = torch.stack(labels)  # dataset class ids at the network size
+        self.features: dict[str, Tensor] = {}
+        stages = getattr(model, "feature_stages", ())
+        if not stages:
+            return
+        chunks = []
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
+                batch = torch.stack(images[start:start + batch_size]).to(device)
+                chunks.append(model.extract(batch))
+        self.features = {stage: torch.cat([c[stage] for c in chunks]) for stage in stages}
+
+
+class AllForeground(nn.Module):
+    """Reference predictor that labels every pixel foreground (no features needed)."""
+
+    feature_stages: tuple[str, ...] = ()
+
+    def head(self, query_feats, support_feats, support_masks, way, out_size):
+        logits = torch.zeros(support_masks.shape[0], 1 + way, *out_size, device=support_masks.device)
+        logits[:, 1] = 1.0
+        return {"logits": logits}
+
+
+def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalProtocol(), method: str = "model",
+             device: str | torch.device | None = None, progress: bool = False,
+             pool: EpisodePool | None = None) -> pd.DataFrame:
+    """Evaluate ``model`` on ``fold`` under ``protocol``; returns IoU rows (see module docstring)."""
+    device = default_device(device)
+    model = model.to(device).eval()
+    pool = pool or EpisodePool.for_fold(source, fold, "val", protocol.convention)
+    size = protocol.size(source.benchmark)
+    lists = {shot: protocol.episode_lists(pool, shot) for shot in protocol.shots}
+    stems = {s for by_seed in lists.values() for eps in by_seed.values() for e in eps for s in (e.query, *e.supports)}
+    cache = FeatureCache(model, source, stems, size, device, progress=progress)
+
+    rows = []
+    for shot, by_seed in lists.items():
+        for seed, episodes in by_seed.items():
+            evaluator = Evaluator(pool.classes)
+            rng = np.random.default_rng([seed, shot, 7])  # weak annotations, if any
+            for start in range(0, len(episodes), protocol.batch_size):
+                _evaluate_batch(model, cache, episodes[start:start + protocol.batch_size], protocol, evaluator,
+                                size, device, rng)
+            background = evaluator.background_counts()
+            rows += [dict(method=method, fold=fold, shot=shot, seed=seed, **r) for r in evaluator.rows()]
+            rows.append(dict(method=method, fold=fold, shot=shot, seed=seed, **background))
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+@torch.inference_mode()
+def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protocol: EvalProtocol,
+                    evaluator: Evaluator, size: int, device, rng) -> None:
+    way, shot = episodes[0].way, episodes[0].shot
+    query_rows = torch.tensor([cache.row[e.query] for e in episodes])
+    support_rows = torch.tensor([[cache.row[s] for s in e.supports] for e in episodes])
+    query_feats = {k: v[query_rows.to(v.device)] for k, v in cache.features.items()}
+    support_feats = {k: v[support_rows.flatten().to(v.device)].unflatten(0, support_rows.shape)
+                     for k, v in cache.features.items()}
+    support_masks = torch.stack([
+        torch.stack([episode_mask(cache.labels[cache.row[s]], [e.classes[n // shot]],
+                                  exclude=[c for c in e.classes if c != e.classes[n // shot]])
+                     for n, s in enumerate(e.supports)]) for e in episodes])
+    if protocol.support_annotation != "dense":
+        support_masks = torch.stack([torch.stack([weak_annotation(m, protocol.support_annotation, rng) for m in ms])
+                                     for ms in support_masks])
+    output = model.head(query_feats, support_feats, support_masks.to(device), way, (size, size))
+    logits = output["logits"].float()
+    class_ids = torch.tensor([e.classes for e in episodes]).squeeze(1) if way == 1 else \
+        torch.tensor([e.classes for e in episodes])
+    if protocol.labels == "resized":
+        targets = [episode_mask(cache.labels[cache.row[e.query]], e.classes) for e in episodes]
+    else:
+        targets = [episode_mask(cache.original_labels[cache.row[e.query]], e.classes) for e in episodes]
+    if all(t.shape == logits.shape[-2:] for t in targets):
+        evaluator.update(hard_labels(logits).cpu(), torch.stack(targets), class_ids)
+        return
+    for i, target in enumerate(targets):  # original labels differ in size from episode to episode
+        pred = hard_labels(resize_to(logits[i:i + 1], target.shape, "bilinear", align_corners=True)).cpu()
+        evaluator.update(pred, target[None], class_ids[i:i + 1])
+
+
+def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """mIoU and FB-IoU of every (method, fold, shot, seed), in percent."""
+    def score(group: pd.DataFrame) -> pd.Series:
+        classes = group[group["class"] != 0]
+        iou = classes["intersection"] / classes["union"].where(classes["union"] > 0)
+        fg_i, fg_u = classes["intersection"].sum(), classes["union"].sum()
+        bg = group[group["class"] == 0]
+        fb = 0.5 * (bg["intersection"].sum() / max(bg["union"].sum(), 1) + fg_i / max(fg_u, 1))
+        return pd.Series({"miou": 100 * iou.fillna(0).mean(), "fbiou": 100 * fb})
+
+    keys = ["method", "fold", "shot", "seed"]
+    return rows.groupby(keys, sort=False)[["class", "intersection", "union"]].apply(score).reset_index()
+
+
+def interval95(values) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% interval over seeds of mIoU and FB-IoU per (method, fold, shot)."""
+    scores = per_seed(rows)
+    out = []
+    for (method, fold, shot), g in scores.groupby(["method", "fold", "shot"], sort=False):
+        miou, miou_ci = interval95(g["miou"])
+        fbiou, fbiou_ci = interval95(g["fbiou"])
+        out.append(dict(method=method, fold=fold, shot=shot, seeds=len(g), miou=miou, miou_ci95=miou_ci,
+                        fbiou=fbiou, fbiou_ci95=fbiou_ci))
+    return pd.DataFrame(out)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    table = summary.assign(
+        mIoU=[f"{m:.1f} ± {c:.1f}" for m, c in zip(summary.miou, summary.miou_ci95)],
+        **{"FB-IoU": [f"{m:.1f} ± {c:.1f}" for m, c in zip(summary.fbiou, summary.fbiou_ci95)]})
+    return table[["method", "fold", "shot", "seeds", "mIoU", "FB-IoU"]].to_string(index=False)

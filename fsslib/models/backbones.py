@@ -1,0 +1,493 @@
+"""Feature extractors with one interface: four named stages, ``layer1`` .. ``layer4``.
+
+Every few-shot method reads features by stage name, so any method runs on any backbone.
+Output channels / stride with respect to the input image:
+
+======  ================================  ===========================  ===========================
+stage   ``vgg16`` (as in PANet)           ``resnet50``, ``resnet101``  ``smallcnn``
+======  ================================  ===========================  ===========================
+layer1  conv1_x, pool1, conv2_x: 128/2    stem + layer1: 256/4         2 convs: 32/2
+layer2  pool2, conv3_x: 256/4             layer2: 512/8                2 convs: 64/4
+layer3  pool3, conv4_x: 512/8             layer3 (dilation 2): 1024/8  2 convs: 128/8
+layer4  pool4 (stride 1), conv5_x: 512/8  layer4 (dilation 4): 2048/8  2 convs (dilation 2): 256/8
+======  ================================  ===========================  ===========================
+
+All backbones end at output stride 8, as the FSS papers use them. The torchvision networks keep
+their torchvision submodule names, so a :class:`Backbone`'s state dict is the torchvision
+classification network's state dict minus the classifier, and a stage is a list of submodule
+paths rather than a re-packed ``nn.Sequential``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+__all__ = ["BACKBONE_NAMES", "Backbone", "build_backbone"]
+
+BACKBONE_NAMES = ("vgg16", "resnet50", "resnet101", "smallcnn")
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class Backbone(nn.Module):
+    """An image encoder split into named stages that can be run one at a time.
+
+    Args:
+        modules: submodules to register, by name (torchvision's names for torchvision networks).
+        layout: for each stage, in execution order, the paths of the submodules it runs in order
+            (``"features.4"`` addresses item 4 of ``self.features``).
+        out_channels: channels of each stage's output.
+        stride: input-to-output stride of each stage.
+        head_prefixes: state-dict key prefixes of the classifier of the full network the modules
+            come from (``"fc."`` for torchvision ResNets); dropped when loading such a checkpoint.
+
+    Attributes:
+        stage_names: ``("layer1", ..., "layer4")``.
+        out_channels, stride: ``dict[str, int]`` keyed by stage name.
+        frozen_stages: stages whose parameters were frozen by :meth:`freeze`.
+        bn_frozen: whether BatchNorm layers are held in eval mode (see :meth:`freeze`).
+    """
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        layout: Mapping[str, Sequence[str]],
+        out_channels: Mapping[str, int],
+        stride: Mapping[str, int],
+        head_prefixes: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self.stage_names: tuple[str, ...] = tuple(layout)
+        self._layout = {stage: tuple(paths) for stage, paths in layout.items()}
+        self.out_channels = dict(out_channels)
+        self.stride = dict(stride)
+        self.head_prefixes = tuple(head_prefixes)
+        self.frozen_stages: tuple[str, ...] = ()
+        self.bn_frozen = False
+        for path in (p for paths in self._layout.values() for p in paths):
+            self.get_submodule(path)  # fail at construction, not at the first forward
+
+    # ------------------------------------------------------------------ running stages
+    def stage_modules(self, name: str) -> list[nn.Module]:
+        """The modules that make up stage ``name``, in execution order."""
+        self._check_stage(name)
+        return [self.get_submodule(path) for path in self._layout[name]]
+
+    def run_stage(self, name: str, x: Tensor) -> Tensor:
+        """Run one stage on the output of the previous one.
+
+        ``run_stage("layer4", layer3_features * mask)`` is how PFENet and MSPF obtain high-level
+        support features of the masked object. Shapes: ``[B, C_in, h, w] -> [B, C_out, h', w']``.
+        """
+        for module in self.stage_modules(name):
+            x = module(x)
+        return x
+
+    def forward(self, images: Tensor, upto: str = "layer4") -> dict[str, Tensor]:
+        """Run the stages in order up to and including ``upto``.
+
+        Args:
+            images: normalised images ``[B, 3, H, W]``.
+            upto: last stage to compute; later stages are skipped, saving their compute.
+
+        Returns:
+            ``{stage: features}`` for ``layer1`` .. ``upto``, each
+            ``[B, out_channels[stage], ~H / stride[stage], ~W / stride[stage]]``.
+        """
+        self._check_stage(upto)
+        features: dict[str, Tensor] = {}
+        x = images
+        for name in self.stage_names:
+            x = self.run_stage(name, x)
+            features[name] = x
+            if name == upto:
+                break
+        return features
+
+    # ------------------------------------------------------------------ freezing
+    def stage_parameters(self, name: str) -> list[nn.Parameter]:
+        """The parameters of stage ``name`` (e.g. to give them their own learning rate)."""
+        return [p for module in self.stage_modules(name) for p in module.parameters()]
+
+    def freeze(
+        self, frozen_stages: Iterable[str] | str = "all", freeze_bn: bool = True
+    ) -> Backbone:
+        """Stop gradients through some stages and/or hold BatchNorm statistics fixed.
+
+        Args:
+            frozen_stages: ``"all"``, one stage name, or several; their parameters get
+                ``requires_grad = False``. Stages frozen by an earlier call stay frozen.
+            freeze_bn: when True, every BatchNorm layer of the backbone stays in eval mode, even
+                after ``.train()``: it normalises with its running statistics and never updates
+                them. FSS training batches are a few episodes of one class, whose statistics
+                would overwrite ImageNet's. The affine BN weights still train unless their stage
+                is frozen. False lets BatchNorm follow the train/eval mode again.
+
+        Returns:
+            ``self``, so ``build(...).freeze(...)`` chains.
+        """
+        if isinstance(frozen_stages, str):
+            stages = self.stage_names if frozen_stages == "all" else (frozen_stages,)
+        else:
+            stages = tuple(frozen_stages)
+        for name in stages:  # all names checked before anything changes
+            self._check_stage(name)
+        for name in stages:
+            for parameter in self.stage_parameters(name):
+                parameter.requires_grad_(False)
+        frozen = set(self.frozen_stages) | set(stages)
+        self.frozen_stages = tuple(s for s in self.stage_names if s in frozen)
+        self.bn_frozen = bool(freeze_bn)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Set train/eval mode; BatchNorm stays in eval mode while :attr:`bn_frozen`.
+
+        ``nn.Module.train`` recurses through children by calling their ``train``, so this also
+        holds when the backbone sits inside a larger model that is switched to training.
+        """
+        super().train(mode)
+        if self.bn_frozen:
+            for module in self.modules():
+                if isinstance(module, _BATCH_NORMS):
+                    module.eval()
+        return self
+
+    # ------------------------------------------------------------------ loading
+    def load_weights(self, path: str | os.PathLike) -> Backbone:
+        """Load a local checkpoint file; see :meth:`load_checkpoint` for the accepted layouts.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a file.
+            ValueError: the file is not a weights-only checkpoint, or does not fit.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file not found: '{path}'")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"'{path}' is not a weights-only checkpoint (tensors and plain containers); "
+                f"save `model.state_dict()` on its own ({error})"
+            ) from error
+        return self.load_checkpoint(checkpoint, source=f"'{path}'")
+
+    def load_checkpoint(self, checkpoint: Mapping, source: str = "the checkpoint") -> Backbone:
+        """Load weights after checking that they cover exactly this backbone.
+
+        Accepted, detected from the keys:
+
+        * a torchvision classification network's state dict (the classifier is dropped);
+        * a state dict saved from a :class:`Backbone` (``backbone.state_dict()``);
+        * a state dict of a model that contains the backbone under a prefix
+          (``"backbone."``, ``"module.backbone."``, ...), also wrapped as
+          ``{"model": state_dict, ...}`` or ``{"state_dict": state_dict, ...}``.
+
+        Args:
+            checkpoint: as loaded by ``torch.load``.
+            source: names the checkpoint in error messages (e.g. its path).
+
+        Raises:
+            ValueError: keys or tensor shapes do not match this backbone; nothing is loaded.
+        """
+        state = _strip_prefix(_unwrap_state_dict(checkpoint, source), self.state_dict())
+        state = {k: v for k, v in state.items() if not k.startswith(self.head_prefixes)}
+        self._check_state_dict(state, source)
+        # A plain dict carries no BatchNorm version metadata, so BatchNorm fills in a missing
+        # ``num_batches_tracked`` itself instead of reporting it missing under strict=True.
+        self.load_state_dict(state, strict=True)
+        return self
+
+    def _check_state_dict(self, state: Mapping[str, Tensor], source: str) -> None:
+        own = self.state_dict()
+        # Checkpoints written before BatchNorm had this buffer (torchvision's ImageNet files
+        # among them) lack it; loading then starts the counter at zero, which is harmless.
+        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state if k not in own]
+        mismatched = [
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in own
+            if k in state and state[k].shape != own[k].shape
+        ]
+        if not (missing or unexpected or mismatched):
+            return
+        lines = [
+            f"weights in {source} do not fit this backbone ({self.extra_repr()}). Expected a "
+            "torchvision classification checkpoint of the same architecture or a state dict "
+            "saved from fsslib's Backbone."
+        ]
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+                lines.append(f"  {len(keys)} {label}: {shown}")
+        raise ValueError("\n".join(lines))
+
+    # ------------------------------------------------------------------ helpers
+    def extra_repr(self) -> str:
+        """Stage channels and strides, shown by ``print(backbone)``."""
+        return ", ".join(
+            f"{s}: {self.out_channels[s]}ch/s{self.stride[s]}" for s in self.stage_names
+        )
+
+    def _check_stage(self, name: str) -> None:
+        if name not in self._layout:
+            raise ValueError(f"unknown stage '{name}'; stages are {list(self.stage_names)}")
+
+
+def _unwrap_state_dict(checkpoint: object, source: str) -> Mapping[str, Tensor]:
+    """Return the flat ``{key: tensor}`` mapping inside a loaded checkpoint."""
+    if isinstance(checkpoint, Mapping):
+        if any(isinstance(v, Tensor) for v in checkpoint.values()):
+            return checkpoint
+        for key in ("model", "state_dict"):
+            if isinstance(checkpoint.get(key), Mapping):
+                return _unwrap_state_dict(checkpoint[key], source)
+    raise ValueError(
+        f"{source} holds no state dict (a mapping from parameter names to tensors, or one "
+        "under the key 'model' or 'state_dict')"
+    )
+
+
+def _strip_prefix(checkpoint: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> dict:
+    """Remove the prefix under which ``checkpoint`` stores the keys of ``own``, if any.
+
+    The prefix is found from the keys that end in the backbone's first key at a ``.``
+    boundary; when several do (``"backbone.conv1.weight"`` and ``"head.conv1.weight"``), the one
+    under which most of the backbone's keys exist wins.
+    """
+    anchor = next(iter(own))
+    candidates = {
+        key[: len(key) - len(anchor)]
+        for key in checkpoint
+        if key == anchor or key.endswith("." + anchor)
+    }
+    if not candidates:
+        return dict(checkpoint)
+    prefix = max(sorted(candidates), key=lambda p: sum(p + k in checkpoint for k in own))
+    return {k[len(prefix) :]: v for k, v in checkpoint.items() if k.startswith(prefix)}
+
+
+# ---------------------------------------------------------------------- architectures
+def _vgg16(network: torchvision.models.VGG) -> Backbone:
+    """PANet's VGG-16 encoder (Wang et al., ICCV 2019) on torchvision's ``features`` module.
+
+    ``features`` indices: convs at 0,2 | 5,7 | 10,12,14 | 17,19,21 | 24,26,28 with a ReLU after
+    each; max-pools at 4, 9, 16, 23, 30. Changes, all parameter-free so ImageNet weights load:
+
+    * pools 1-3: 3x3, stride 2, padding 1 (PANet's choice; an H x W input gives
+      ``ceil(H / 8)`` at stride 8, e.g. 417 -> 53);
+    * pool4: 3x3, stride 1, padding 1, so conv5 stays at stride 8;
+    * conv5_x: dilation 2, padding 2, keeping conv5's receptive field after dropping the stride;
+    * no ReLU after conv5_3 (index 29) and no pool5: cosine similarity needs features that can be
+      negative.
+    """
+    features = network.features[:29]  # keeps torchvision's keys "0".."28"
+    for index in (4, 9, 16):
+        features[index] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    features[23] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+    for index in (24, 26, 28):
+        features[index].dilation = (2, 2)
+        features[index].padding = (2, 2)
+
+    def span(first: int, last: int) -> list[str]:
+        return [f"features.{i}" for i in range(first, last + 1)]
+
+    return Backbone(
+        modules={"features": features},
+        layout={
+            "layer1": span(0, 8),
+            "layer2": span(9, 15),
+            "layer3": span(16, 22),
+            "layer4": span(23, 28),
+        },
+        out_channels={"layer1": 128, "layer2": 256, "layer3": 512, "layer4": 512},
+        stride={"layer1": 2, "layer2": 4, "layer3": 8, "layer4": 8},
+        head_prefixes=("classifier.",),
+    )
+
+
+def _resnet(network: torchvision.models.ResNet) -> Backbone:
+    """A torchvision bottleneck ResNet with ``replace_stride_with_dilation=[False, True, True]``.
+
+    The stem (conv1, bn1, relu, maxpool) is part of ``layer1`` so that every stage of every
+    backbone is reachable by name.
+    """
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return Backbone(
+        modules={name: getattr(network, name) for name in names},
+        layout={
+            "layer1": ["conv1", "bn1", "relu", "maxpool", "layer1"],
+            "layer2": ["layer2"],
+            "layer3": ["layer3"],
+            "layer4": ["layer4"],
+        },
+        out_channels={"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
+        stride={"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8},
+        head_prefixes=("fc.",),
+    )
+
+
+def _smallcnn() -> Backbone:
+    """About 1.2M parameters: two 3x3 conv-BN-ReLU blocks per stage, for CPU experiments.
+
+    The first conv of layer1-3 has stride 2; layer4 keeps stride 8 and uses dilation 2 instead,
+    mirroring the dilated ResNets, so methods see the same geometry on every backbone.
+    """
+    plan = {  # stage: (in channels, out channels, stride of the first conv, dilation)
+        "layer1": (3, 32, 2, 1),
+        "layer2": (32, 64, 2, 1),
+        "layer3": (64, 128, 2, 1),
+        "layer4": (128, 256, 1, 2),
+    }
+    stages = {
+        name: nn.Sequential(
+            _conv_bn_relu(c_in, c_out, stride, dilation),
+            _conv_bn_relu(c_out, c_out, 1, dilation),
+        )
+        for name, (c_in, c_out, stride, dilation) in plan.items()
+    }
+    backbone = Backbone(
+        modules=stages,
+        layout={name: [name] for name in stages},
+        out_channels={name: c_out for name, (_, c_out, _, _) in plan.items()},
+        stride={"layer1": 2, "layer2": 4, "layer3": 8, "layer4": 8},
+    )
+    _initialise(backbone)
+    return backbone
+
+
+def _initialise(module: nn.Module) -> None:
+    """Random initialisation by torchvision's rule for its ResNets and VGGs.
+
+    Convolutions: He-normal over fan-out, ``std = sqrt(2 / (k_h k_w C_out))``, zero bias;
+    every other layer (BatchNorm: weight 1, bias 0, fresh running statistics) its own reset.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int, dilation: int) -> nn.Sequential:
+    return nn.Sequential(
+        # No conv bias: BatchNorm's shift makes it redundant.
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+# ---------------------------------------------------------------------- building
+class _TorchvisionSpec(NamedTuple):
+    builder: Callable[..., nn.Module]  # torchvision.models.<name>
+    imagenet: torchvision.models.WeightsEnum
+    kwargs: dict
+    wrap: Callable[[nn.Module], Backbone]
+
+
+_DILATED = {"replace_stride_with_dilation": [False, True, True]}
+_TORCHVISION = {
+    "vgg16": _TorchvisionSpec(
+        torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1, {}, _vgg16
+    ),
+    "resnet50": _TorchvisionSpec(
+        torchvision.models.resnet50,
+        torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+        _DILATED,
+        _resnet,
+    ),
+    "resnet101": _TorchvisionSpec(
+        torchvision.models.resnet101,
+        torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+        _DILATED,
+        _resnet,
+    ),
+}
+
+
+def build_backbone(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    frozen_stages: Iterable[str] | str = (),
+    freeze_bn: bool = False,
+) -> Backbone:
+    """Build a backbone by name.
+
+    Args:
+        name: one of :data:`BACKBONE_NAMES`.
+        weights: ``None`` for random initialisation; ``"imagenet"`` for torchvision's ImageNet
+            weights (downloaded once into the torch hub cache); or the path of a local
+            checkpoint (see :meth:`Backbone.load_weights`).
+        frozen_stages, freeze_bn: passed to :meth:`Backbone.freeze` (nothing is frozen by
+            default).
+
+    Raises:
+        ValueError: unknown ``name``; ``"imagenet"`` for ``smallcnn``; a checkpoint that does
+            not fit.
+        RuntimeError: the ImageNet weights are neither cached nor downloadable; the message
+            names the file and where to put it.
+        FileNotFoundError: ``weights`` is a path that does not exist.
+    """
+    if name not in BACKBONE_NAMES:
+        raise ValueError(f"unknown backbone '{name}'; valid names: {list(BACKBONE_NAMES)}")
+    imagenet = weights == "imagenet"
+    if name == "smallcnn":
+        if imagenet:
+            raise ValueError(
+                "no ImageNet weights exist for 'smallcnn'; pass weights=None, or the path of a "
+                "checkpoint from a pre-training run"
+            )
+        backbone = _smallcnn()
+    else:
+        spec = _TORCHVISION[name]
+        # Build on the meta device, then allocate only the kept modules: VGG-16's classifier
+        # alone holds 124M of its 138M parameters.
+        with torch.device("meta"):
+            network = spec.builder(weights=None, **spec.kwargs)
+        backbone = spec.wrap(network).to_empty(device="cpu")
+        _initialise(backbone)
+        if imagenet:
+            backbone.load_checkpoint(
+                _imagenet_state_dict(name, spec.imagenet), source=f"'{spec.imagenet.url}'"
+            )
+    if weights is not None and not imagenet:
+        backbone.load_weights(weights)
+    if frozen_stages or freeze_bn:
+        backbone.freeze(frozen_stages, freeze_bn)
+    return backbone
+
+
+def _imagenet_state_dict(
+    name: str, imagenet_weights: torchvision.models.WeightsEnum
+) -> dict[str, Tensor]:
+    """Fetch torchvision's ImageNet state dict (cache or download), explaining failures."""
+    try:
+        return imagenet_weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as error:  # no network (URLError is an OSError), bad hash
+        filename = os.path.basename(urlparse(imagenet_weights.url).path)
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise RuntimeError(
+            f"could not load the ImageNet weights of '{name}' ({error}). Download "
+            f"{imagenet_weights.url} elsewhere and copy the file '{filename}' into the torch hub "
+            f"cache directory '{cache}', or pass weights='/path/to/{filename}' to "
+            "build_backbone."
+        ) from error

@@ -1,0 +1,230 @@
+"""Tensor operations shared by the few-shot methods.
+
+Label maps follow the episode contract: 1 = target class, 0 = background, 255 = ignore
+(N-way: 1..N for the ways). Functions that take a mask expect a *binary* one, built by the caller
+with :func:`foreground_mask` / :func:`background_mask` (or ``mask == 1``), so that each method
+decides what 255 means for it; where a raw label map slips through, 255 counts as 0 (excluded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "IGNORE_INDEX",
+    "background_mask",
+    "cosine_logits",
+    "foreground_mask",
+    "hard_labels",
+    "mask_to_feature_size",
+    "masked_average_pooling",
+    "resize_to",
+]
+
+IGNORE_INDEX = 255
+
+_MAP_MODES = ("resize_mask", "upsample_features")
+
+
+def foreground_mask(mask: Tensor, label: int = 1) -> Tensor:
+    """``(mask == label)`` as float; 255 (ignore) is in neither foreground nor background.
+
+    Args:
+        mask: label map ``[..., H, W]`` (1 / 0 / 255, or 0..N for N-way episodes).
+        label: the label that counts as foreground; way ``n`` of an N-way episode is ``n``.
+    """
+    return (mask == label).float()
+
+
+def background_mask(mask: Tensor) -> Tensor:
+    """``(mask == 0)`` as float; 255 (ignore) is in neither foreground nor background."""
+    return (mask == 0).float()
+
+
+def resize_to(
+    x: Tensor, size: Sequence[int], mode: str = "bilinear", align_corners: bool = True
+) -> Tensor:
+    """Resize the last two dimensions of features, logits, masks or label maps to ``size``.
+
+    Args:
+        x: ``"bilinear"``: floating ``[B, C, H, W]`` (features, logits, soft masks).
+            ``"nearest"``: ``[B, H, W]`` or ``[B, C, H, W]`` of any dtype (label maps); the
+            output has the input's dtype and only values present in the input, so 255 survives.
+        size: ``(h, w)``.
+        mode: ``"bilinear"`` or ``"nearest"``.
+        align_corners: bilinear only. True (the default) maps corner pixel centres onto each
+            other, as PFENet, SSP and HSNet resize; PANet uses PyTorch's default, False.
+
+    ``"nearest"`` samples at pixel centres (PyTorch's ``"nearest-exact"``, the convention of PIL
+    and scikit-image), not PyTorch's ``"nearest"``, which drifts by up to one source pixel.
+    The input is returned unchanged when it already has the requested size.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if mode == "bilinear":
+        if x.dim() != 4 or not x.is_floating_point():
+            raise ValueError(
+                f"bilinear resizing needs a floating [B, C, H, W] tensor, got {x.dtype} of shape "
+                f"{tuple(x.shape)}; use mode='nearest' for label maps"
+            )
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+    if mode == "nearest":
+        if x.dim() not in (3, 4):
+            raise ValueError(f"expected [B, H, W] or [B, C, H, W], got shape {tuple(x.shape)}")
+        # interpolate has no integer kernels on every device; floats hold labels < 2**24 exactly.
+        y = x.unsqueeze(1) if x.dim() == 3 else x
+        y = F.interpolate(y.float(), size=size, mode="nearest-exact").to(x.dtype)
+        return y.squeeze(1) if x.dim() == 3 else y
+    raise ValueError(f"mode must be 'bilinear' or 'nearest', got '{mode}'")
+
+
+def mask_to_feature_size(mask: Tensor, size: Sequence[int], align_corners: bool = True) -> Tensor:
+    """Soft mask at feature resolution: binary mask resized bilinearly to ``size``.
+
+    ``m' = bilinear(m)`` with ``m`` the binary mask (255 -> 0), so boundary cells get fractional
+    weights in [0, 1]. This is how PFENet and SSP bring a support mask to the feature map, both
+    for masked average pooling and for masking features (``features * m'``).
+
+    Args:
+        mask: binary mask ``[B, H, W]`` (float, bool or integer; 255 counts as 0).
+        size: feature size ``(h, w)``.
+
+    Returns:
+        float ``[B, h, w]``.
+    """
+    weights = _binary_weights(mask, torch.get_default_dtype())
+    return resize_to(weights.unsqueeze(1), size, "bilinear", align_corners).squeeze(1)
+
+
+def masked_average_pooling(
+    features: Tensor,
+    mask: Tensor,
+    mode: str = "resize_mask",
+    eps: float = 1e-5,
+    align_corners: bool | None = None,
+) -> Tensor:
+    r"""Prototype of the masked region: the mask-weighted mean of the feature vectors.
+
+    Two conventions are in use; they differ in which side is resized.
+
+    ``"resize_mask"`` (SSP, Fan et al., ECCV 2022; PFENet, Tian et al., TPAMI 2020): the mask
+    is bilinearly resized to the feature size, ``m' = bilinear(m) \in [0, 1]^{h \times w}``,
+
+    .. math:: p = \frac{\sum_{x,y} F(x,y)\, m'(x,y)}{\sum_{x,y} m'(x,y) + \epsilon}
+
+    ``"upsample_features"`` (PANet, Wang et al., ICCV 2019): the features are bilinearly
+    upsampled to the mask size, ``F' = bilinear(F)`` of size ``H \times W``,
+
+    .. math:: p = \frac{\sum_{x,y} F'(x,y)\, m(x,y)}{\sum_{x,y} m(x,y) + \epsilon}
+
+    The second keeps the mask's full resolution at the price of a full-resolution feature map.
+
+    Args:
+        features: ``[B, C, h, w]`` (flatten shots into the batch: ``[B*K, C, h, w]``).
+        mask: binary ``[B, H, W]``, 1 = pixels to pool (float, bool or integer). Pass
+            ``foreground_mask(labels)`` / ``background_mask(labels)`` rather than raw labels;
+            a 255 that remains counts as 0. An all-zero mask gives a zero prototype.
+        mode: ``"resize_mask"`` or ``"upsample_features"``.
+        eps: added to the mask area. SSP and PANet use 1e-5; PFENet uses 5e-4.
+        align_corners: for the bilinear resize; None picks each convention's own choice: True
+            for ``"resize_mask"`` (SSP, PFENet), False for ``"upsample_features"`` (PANet calls
+            ``F.interpolate`` with PyTorch's default).
+
+    Returns:
+        prototypes ``[B, C]``.
+    """
+    if mode not in _MAP_MODES:
+        raise ValueError(f"mode must be one of {_MAP_MODES}, got '{mode}'")
+    if features.dim() != 4:
+        raise ValueError(f"features must be [B, C, h, w], got shape {tuple(features.shape)}")
+    if mask.dim() != 3 or mask.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"mask must be [B, H, W] with B = {features.shape[0]} (from features), got shape "
+            f"{tuple(mask.shape)}"
+        )
+    mask = mask.to(features.device)
+    if mode == "resize_mask":
+        corners = True if align_corners is None else align_corners
+        weights = mask_to_feature_size(mask, features.shape[-2:], corners).to(features.dtype)
+        area = weights.sum(dim=(1, 2))
+    else:
+        corners = False if align_corners is None else align_corners
+        full = _binary_weights(mask, features.dtype)
+        area = full.sum(dim=(1, 2))
+        # Bilinear upsampling is linear and separable, F' = A_h F A_w^T, so
+        # sum_XY F'(X,Y) m(X,Y) = sum_xy F(x,y) (A_h^T m A_w)(x,y): pooling the mask with the
+        # transposed interpolation gives the same prototype without building the [B, C, H, W] map.
+        a_h = _upsampling_matrix(mask.shape[-2], features.shape[-2], corners, full)
+        a_w = _upsampling_matrix(mask.shape[-1], features.shape[-1], corners, full)
+        weights = a_h.T @ full @ a_w
+    # features [B, C, h, w] and weights [B, h, w] now share one resolution
+    weighted_sum = torch.einsum("bchw,bhw->bc", features, weights)
+    return weighted_sum / (area.unsqueeze(1) + eps)
+
+
+def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -> Tensor:
+    r"""Scaled cosine similarity between every feature vector and every prototype.
+
+    .. math::
+        \mathrm{logit}_p(x, y) = s \, \frac{F(x,y) \cdot p}
+            {\max(\lVert F(x,y) \rVert, \epsilon)\, \max(\lVert p \rVert, \epsilon)},
+        \quad \epsilon = 10^{-8}
+
+    the semantics of ``torch.nn.functional.cosine_similarity`` (each norm clamped separately),
+    so an all-zero feature or prototype gives logit 0 rather than NaN. PANet uses ``s = 20``.
+    Computed as a product of normalised tensors, so the ``[B, P, C, h, w]`` broadcast that
+    ``cosine_similarity`` would build is never materialised for shared prototypes.
+
+    Args:
+        features: ``[B, C, h, w]``.
+        prototypes: ``[B, P, C]`` (one vector per prototype) or ``[B, P, C, h, w]`` (a vector
+            per prototype and pixel, e.g. SSP's adaptive background prototypes).
+        scale: ``s``, a number or a (learnable) scalar tensor.
+
+    Returns:
+        ``[B, P, h, w]``: channel ``p`` scores prototype ``p`` (e.g. ``[background, foreground]``).
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must be [B, C, h, w], got shape {tuple(features.shape)}")
+    batch, channels, height, width = features.shape
+    if prototypes.dim() == 3:
+        expected, equation = (batch, prototypes.shape[1], channels), "bchw,bpc->bphw"
+    elif prototypes.dim() == 5:
+        expected = (batch, prototypes.shape[1], channels, height, width)
+        equation = "bchw,bpchw->bphw"
+    else:
+        expected = None
+    if expected is None or tuple(prototypes.shape) != expected:
+        raise ValueError(
+            f"prototypes must be [B, P, C] or [B, P, C, h, w] with B, C, h, w = {batch}, "
+            f"{channels}, {height}, {width} (from features), got shape {tuple(prototypes.shape)}"
+        )
+    eps = 1e-8
+    features = F.normalize(features, dim=1, eps=eps)
+    prototypes = F.normalize(prototypes, dim=2, eps=eps)
+    return scale * torch.einsum(equation, features, prototypes)
+
+
+def hard_labels(logits: Tensor) -> Tensor:
+    """``long [B, H, W]``: the channel with the highest logit (``[B, P, H, W]`` in).
+
+    ``max(1).indices`` rather than ``argmax(1)``: the same labels, but PyTorch's CPU argmax over
+    a non-innermost dimension is about 20x slower, which dominated 1000-episode evaluations.
+    """
+    return logits.max(dim=1).indices
+
+
+def _upsampling_matrix(out_size: int, in_size: int, align_corners: bool, like: Tensor) -> Tensor:
+    """``A [out_size, in_size]`` with ``A @ v`` = 1-D linear upsampling of ``v`` (PyTorch's rule)."""
+    basis = torch.eye(in_size, dtype=like.dtype, device=like.device).unsqueeze(0)  # in_size signals
+    return F.interpolate(basis, size=out_size, mode="linear", align_corners=align_corners)[0].T
+
+
+def _binary_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The mask as ``dtype`` weights with ignore pixels (255) set to 0."""
+    return mask.to(dtype).masked_fill(mask == IGNORE_INDEX, 0)

@@ -1,0 +1,68 @@
+"""The prototype baseline: masked average pooling and cosine matching, nothing learned in the head.
+
+This is PANet without its alignment loss (Wang et al., "PANet: Few-Shot Image Semantic
+Segmentation with Prototype Alignment", ICCV 2019, section 3.2-3.3). With a backbone that has
+had no episodic training it is the paper's "PANet-init" row.
+
+For an episode with supports ``I_{n,k}`` (way n, shot k), features ``F_{n,k}`` and masks
+``M_{n,k}``:
+
+.. math::
+    p_n = \\frac{1}{K} \\sum_k \\frac{\\sum_{x,y} F_{n,k}(x,y)\\, [M_{n,k}(x,y)=1]}
+                                    {\\sum_{x,y} [M_{n,k}(x,y)=1] + \\epsilon}
+
+    p_{bg} = \\frac{1}{NK} \\sum_{n,k} \\frac{\\sum_{x,y} F_{n,k}(x,y)\\, [M_{n,k}(x,y)=0]}
+                                          {\\sum_{x,y} [M_{n,k}(x,y)=0] + \\epsilon}
+
+    \\tilde M_q(j, x, y) = \\operatorname{softmax}_j\\big(\\alpha \\cos(F_q(x,y), p_j)\\big),
+    \\quad j \\in \\{bg, 1..N\\}
+
+with features upsampled to the mask size (PANet's convention), ``epsilon = 1e-5``, ``alpha = 20``.
+The loss is the cross-entropy of the query prediction with 255 ignored. Shapes as in
+:mod:`fsslib.models.base`; the prototypes are ``[B, 1 + N, C]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .base import FewShotSegmenter, ModelConfig
+from .ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
+
+
+@dataclass
+class ProtoNetConfig(ModelConfig):
+    #: Backbone stage whose features are pooled and matched.
+    feature_stage: str = "layer4"
+    #: The cosine similarity is multiplied by this before the softmax (PANet: 20).
+    scale: float = 20.0
+    #: "upsample_features" (PANet) or "resize_mask" (SSP, PFENet); see ops.masked_average_pooling.
+    pooling: str = "upsample_features"
+    eps: float = 1e-5
+
+
+def episode_prototypes(support_feats: Tensor, support_masks: Tensor, way: int, pooling: str,
+                       eps: float) -> Tensor:
+    """Background and per-way foreground prototypes ``[B, 1 + N, C]`` of ``[B, N*K, C, h, w]`` supports."""
+    b, s = support_feats.shape[:2]
+    feats, masks = support_feats.flatten(0, 1), support_masks.flatten(0, 1)
+    fg = masked_average_pooling(feats, foreground_mask(masks), pooling, eps).view(b, way, s // way, -1)
+    bg = masked_average_pooling(feats, background_mask(masks), pooling, eps).view(b, s, -1)
+    return torch.cat([bg.mean(dim=1, keepdim=True), fg.mean(dim=2)], dim=1)
+
+
+class ProtoNet(FewShotSegmenter):
+    config_class = ProtoNetConfig
+
+    def __init__(self, config: ProtoNetConfig):
+        super().__init__(config)
+        self.feature_stages = (config.feature_stage,)
+
+    def head(self, query_feats, support_feats, support_masks, way, out_size):
+        stage = self.config.feature_stage
+        prototypes = episode_prototypes(support_feats[stage], support_masks, way, self.config.pooling,
+                                        self.config.eps)
+        logits = cosine_logits(query_feats[stage], prototypes, self.config.scale)
+        return {"logits": resize_to(logits, out_size, "bilinear", align_corners=False), "prototypes": prototypes}
