@@ -1,43 +1,154 @@
-"""Command line: ``python -m fsslib {prepare,reproduce} ...`` (one clear line on bad input)."""
+"""Command line of fsslib; bad input gets one clear line, not a traceback.
+
+    python -m fsslib prepare {synthetic,pascal5i,coco20i,fss1000} [--root DIR]
+    python -m fsslib train EXPERIMENT|CONFIG.json [key=value ...] [--run-dir DIR]
+    python -m fsslib eval RUN_DIR [key=value ...]
+    python -m fsslib baselines [key=value ...]
+    python -m fsslib reproduce [--profile fast|default|full]
+
+``key=value`` sets a field of the training config (``model_args.scale=10`` a model field) or,
+for ``eval``/``baselines``, of the evaluation protocol (``episodes=500 seeds=0,1 shots=1,5``).
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import fields, replace
+from pathlib import Path
 
 from .data import DatasetError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fsslib", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def parse_value(text: str):
+    """JSON where it parses (numbers, true, null, lists), a comma list as a tuple, else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(","))
+    return text
 
+
+def parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        overrides[key] = parse_value(value)
+    return overrides
+
+
+def apply_to_protocol(protocol, overrides: dict):
+    valid = {f.name for f in fields(protocol)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(f"unknown protocol key(s) {unknown}; valid keys: {sorted(valid)}")
+    for key in ("seeds", "shots"):
+        if key in overrides and not isinstance(overrides[key], (tuple, list)):
+            overrides[key] = (overrides[key],)
+    return replace(protocol, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def command_train(args) -> None:
+    from .engine.episodic import train_fewshot
+    from .engine.trainer import TrainConfig
+    from .experiments.configs import experiment
+    from .models.registry import config_fields
+
+    overrides = parse_overrides(args.overrides)
+    if args.config.endswith(".json"):
+        path = Path(args.config)
+        if not path.exists():
+            raise ValueError(f"config file {path} does not exist")
+        config = TrainConfig.from_dict(json.loads(path.read_text())["train"])
+        run_dir = args.run_dir or path.parent
+    else:
+        config, run_dir = experiment(args.config), args.run_dir
+    values = {k: v for k, v in vars(config).items()}
+    for key, value in overrides.items():
+        if key.startswith("model_args."):
+            name = key.split(".", 1)[1]
+            if name not in config_fields(config.model):
+                raise ValueError(f"unknown model key '{name}' for {config.model}; valid: {sorted(config_fields(config.model))}")
+            values["model_args"] = {**values["model_args"], name: value}
+        else:
+            values[key] = value
+    config = TrainConfig.from_dict(values)
+    train_fewshot(config, run_dir)
+    print(f"finished {run_dir or 'run'}")
+
+
+def command_eval(args) -> None:
+    from .data import build_source
+    from .engine.episodic import load_run
+    from .engine.protocol import EvalProtocol, evaluate, format_summary, summarize
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ValueError(f"no run at {run_dir} (expected {run_dir / 'config.json'})")
+    model, config = load_run(run_dir)
+    protocol = apply_to_protocol(EvalProtocol(), parse_overrides(args.overrides))
+    rows = evaluate(model, build_source(config.benchmark, config.data_root), config.fold, protocol,
+                    method=run_dir.name, progress=True)
+    rows.to_csv(run_dir / "eval_rows.csv", index=False)
+    print(format_summary(summarize(rows)))
+
+
+def command_baselines(args) -> None:
+    from .engine.protocol import EvalProtocol, format_summary, summarize
+    from .experiments.baselines import baseline_rows
+
+    protocol = apply_to_protocol(EvalProtocol(), parse_overrides(args.overrides))
+    print(format_summary(summarize(baseline_rows(args.fold, protocol=protocol))))
+
+
+def command_prepare(args) -> None:
+    from .data import build_source
+    from .data.summary import fold_summary, split_sizes
+
+    source = build_source(args.benchmark, args.root)
+    print(f"{args.benchmark} at {source.root}:", ", ".join(f"{k} {v} images" for k, v in split_sizes(source).items()))
+    if args.benchmark != "fss1000":
+        print(fold_summary(source).to_string())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fsslib", description="few-shot segmentation library")
+    commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser("prepare", help="generate the synthetic benchmark or index a real one")
     prepare.add_argument("benchmark", choices=("synthetic", "pascal5i", "coco20i", "fss1000"))
     prepare.add_argument("--root", help="the dataset's folder (default: under $FSSLIB_DATA or ./data)")
-
+    train = commands.add_parser("train", help="train an experiment (or resume a run from its config.json)")
+    train.add_argument("config", help="experiment name (e.g. protonet) or a run's config.json")
+    train.add_argument("overrides", nargs="*", help="key=value")
+    train.add_argument("--run-dir")
+    evaluate = commands.add_parser("eval", help="evaluate a finished run and print the summary")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("overrides", nargs="*", help="protocol key=value")
+    baselines = commands.add_parser("baselines", help="trained baseline vs untrained and all-foreground")
+    baselines.add_argument("overrides", nargs="*", help="protocol key=value")
+    baselines.add_argument("--fold", type=int, default=0)
     reproduce = commands.add_parser("reproduce", help="the main job on the synthetic benchmark")
     reproduce.add_argument("--profile", default="default", choices=("fast", "default", "full"))
 
     args = parser.parse_args(argv)
+    handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
+                "baselines": command_baselines}
     try:
-        if args.command == "prepare":
-            from .data import build_source
-            from .data.summary import fold_summary, split_sizes
+        if args.command == "reproduce":
+            from .experiments.reproduce import reproduce
 
-            source = build_source(args.benchmark, args.root)
-            print(f"{args.benchmark} at {source.root}:",
-                  ", ".join(f"{k} {v} images" for k, v in split_sizes(source).items()))
-            if args.benchmark != "fss1000":
-                print(fold_summary(source).to_string())
-        elif args.command == "reproduce":
-            from .experiments.reproduce import reproduce as run
-
-            run(args.profile)
-    except (DatasetError, ValueError) as e:
+            reproduce(args.profile)
+        else:
+            handlers[args.command](args)
+    except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is kept and reused on the next run", file=sys.stderr)
+        print("interrupted; finished work is kept and a rerun continues from the last checkpoint", file=sys.stderr)
         return 130
     return 0
 

@@ -1,0 +1,49 @@
+"""Episodic training of a few-shot method, and loading finished runs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..data import DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, collate_episodes, eval_transform, train_transform
+from ..models import FewShotSegmenter, build_model
+from .trainer import TrainConfig, Trainer, runs_dir
+
+
+def fewshot_dataset(config: TrainConfig, source=None) -> EpisodeDataset:
+    source = source or build_source(config.benchmark, config.data_root)
+    size = config.image_size or DEFAULT_SIZES[config.benchmark]
+    pool = EpisodePool.for_fold(source, config.fold, "train", config.convention)
+    transform = train_transform(size) if config.augment else eval_transform(size)
+    return EpisodeDataset(pool, transform, shot=config.shot, way=config.way,
+                          length=config.steps * config.batch_size, seed=config.seed)
+
+
+def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,
+                  stop_after: int | None = None, source=None) -> FewShotSegmenter:
+    """Train (or resume, or load when finished) a few-shot method; returns the model."""
+    if config.task != "episodic":
+        raise ValueError(f"train_fewshot trains task='episodic' configs, got task={config.task!r}")
+    run_dir = Path(run_dir) if run_dir else runs_dir() / f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}"
+    dataset = fewshot_dataset(config, source)
+    torch.manual_seed(config.seed)  # the same seed initialises the same weights
+    model = build_model(config.model, **config.model_args)
+    trainer = Trainer(config, model, dataset, run_dir, collate_fn=collate_episodes)
+    return trainer.fit(progress=progress, stop_after=stop_after)
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = None) -> tuple[FewShotSegmenter, TrainConfig]:
+    """The finished model of a run directory and its training config."""
+    run_dir = Path(run_dir)
+    config_path, weights = run_dir / "config.json", run_dir / "model.pt"
+    if not config_path.exists():
+        raise FileNotFoundError(f"no run at {run_dir} (config.json missing)")
+    if not weights.exists():
+        raise FileNotFoundError(f"run {run_dir} has not finished (no model.pt); resume it with "
+                                f"`python -m fsslib train {run_dir / 'config.json'}`")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text())["train"])
+    model = build_model(config.model, **config.model_args)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.to(device or "cpu"), config

@@ -1,0 +1,297 @@
+"""One training loop for every method, and for backbone pre-training.
+
+A run lives in a directory::
+
+    config.json      the full TrainConfig (and the model's config), written at the start
+    checkpoint.pt    model, optimiser, scheduler, step and RNG states (atomic writes)
+    log.csv          step, loss and its named parts, learning rate, seconds
+    model.pt         final weights, written when the run has finished
+
+``fit`` resumes from ``checkpoint.pt`` when there is one. The data of step ``s`` depends only on
+``(seed, s)`` (``EpisodeDataset`` draws item ``i`` from ``(seed, i)`` and seeds its transforms per
+item), and the RNG states are restored, so a run interrupted and resumed on the CPU ends with
+the same weights as an uninterrupted one. Ctrl-C saves a checkpoint before stopping.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..runtime import default_device
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.json`` in its run directory."""
+
+    #: "episodic" (a few-shot method) or "pretrain" (supervised segmentation of a fold's base classes).
+    task: str = "episodic"
+    model: str = "protonet"
+    #: Keyword arguments of ``build_model(model, ...)`` (the method's config fields).
+    model_args: dict = field(default_factory=dict)
+    benchmark: str = "synthetic"
+    data_root: str | None = None
+    fold: int = 0
+    shot: int = 1
+    way: int = 1
+    image_size: int | None = None
+    convention: str | None = None
+    augment: bool = True
+    steps: int = 1000
+    batch_size: int = 8
+    optimizer: str = "adamw"  # or "sgd"
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    schedule: str = "cosine"  # "poly", "step" or "constant"
+    poly_power: float = 0.9
+    step_size: int = 0  # "step": multiply by gamma every step_size steps
+    gamma: float = 0.1
+    grad_clip: float | None = None
+    #: Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); ignored on CPU.
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 200
+    device: str | None = None
+
+    def __post_init__(self):
+        choices = {"task": ("episodic", "pretrain"), "optimizer": ("adamw", "sgd"),
+                   "schedule": ("cosine", "poly", "step", "constant")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if self.schedule == "step" and self.step_size <= 0:
+            raise ValueError("schedule='step' needs step_size > 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown training config key(s) {unknown}; valid keys: {sorted(valid)}")
+        return cls(**values)
+
+
+def runs_dir() -> Path:
+    """``$FSSLIB_RUNS`` if set, else the repository's ``runs/``."""
+    path = Path(os.environ.get("FSSLIB_RUNS") or Path(__file__).resolve().parents[2] / "runs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def learning_rate_factor(config: TrainConfig, step: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based)."""
+    progress = step / max(config.steps, 1)
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "poly":  # PFENet, SSP: (1 - t / T) ** 0.9
+        return (1 - progress) ** config.poly_power
+    if config.schedule == "step":
+        return config.gamma ** (step // config.step_size)
+    return 1.0
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; unfreeze a stage or train a head")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # an interruption mid-write never corrupts the last good checkpoint
+
+
+class Trainer:
+    """Runs ``steps`` optimisation steps of ``model`` on ``dataset`` items ``step * batch_size + i``.
+
+    ``model(batch)`` returns an output dict and ``model.loss(output, batch)`` returns
+    ``(total, {name: value})``; every method and the pre-training classifier follow that contract.
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike,
+                 collate_fn=None, extra_config: dict | None = None):
+        self.config, self.model, self.dataset = config, model, dataset
+        self.run_dir = Path(run_dir)
+        self.collate_fn = collate_fn
+        self.device = default_device(config.device)
+        self.record = {"train": asdict(config), **(extra_config or {})}
+        if len(dataset) < config.steps * config.batch_size:
+            raise ValueError(f"dataset has {len(dataset)} items; {config.steps} steps x {config.batch_size} needed")
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "model.pt").exists()
+
+    def _check_config(self) -> None:
+        path = self.run_dir / "config.json"
+        record = json.loads(json.dumps(self.record))  # tuples -> lists, as stored
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if stored != record:
+                changed = sorted(k for k in set(stored["train"]) | set(record["train"])
+                                 if stored["train"].get(k) != record["train"].get(k))
+                raise ValueError(f"run {self.run_dir} was started with another config (differs in {changed or 'model'}); "
+                                 "use another run directory or delete it")
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1))
+
+    def fit(self, progress: bool = True, stop_after: int | None = None) -> nn.Module:
+        """Train to ``config.steps`` (resuming if a checkpoint exists); returns the model.
+
+        ``stop_after`` ends the call after that many steps, checkpointing first (used to test
+        resumption; an interrupted run behaves the same).
+        """
+        from tqdm.auto import tqdm
+
+        config = self.config
+        self._check_config()
+        model = self.model.to(self.device)
+        if self.finished:
+            model.load_state_dict(torch.load(self.run_dir / "model.pt", map_location=self.device, weights_only=True))
+            return model
+        optimizer = build_optimizer(config, model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(config, s))
+        step, rng_states = self._resume(model, optimizer, scheduler)
+        amp_dtype = self._amp_dtype()
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+        loader = DataLoader(self.dataset, batch_size=config.batch_size, collate_fn=self.collate_fn,
+                            sampler=range(step * config.batch_size, config.steps * config.batch_size),
+                            num_workers=config.num_workers, pin_memory=self.device.type == "cuda")
+        batches = iter(loader)  # creating it draws a seed from torch's RNG, so restore RNG states after
+        if rng_states is not None:
+            _set_rng_states(rng_states)
+        log = self._open_log(step)
+        started, last_step = time.perf_counter(), config.steps if stop_after is None else min(config.steps, step + stop_after)
+        model.train()
+        bar = tqdm(total=config.steps, initial=step, desc=self.run_dir.name, disable=not progress, leave=False)
+        try:
+            for batch in batches:
+                if step >= last_step:
+                    break
+                batch = to_device(batch, self.device)
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    output = model(batch)
+                    loss, parts = model.loss(output, batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                bar.update()
+                if step % config.log_every == 0 or step == config.steps:
+                    log.writerow({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                                  "seconds": round(time.perf_counter() - started, 2), **parts})
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                if step % config.checkpoint_every == 0 and step < config.steps:
+                    self._checkpoint(model, optimizer, scheduler, step)
+            if step < config.steps:
+                self._checkpoint(model, optimizer, scheduler, step)
+            else:
+                _atomic_save(model.state_dict(), self.run_dir / "model.pt")
+                (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        except KeyboardInterrupt:
+            self._checkpoint(model, optimizer, scheduler, step)
+            raise
+        finally:
+            bar.close()
+            self._log_file.close()
+        return model
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not (self.config.amp and self.device.type == "cuda"):
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _resume(self, model, optimizer, scheduler) -> tuple[int, dict | None]:
+        """Load the checkpoint if there is one: ``(step, RNG states)``; else seed and start at 0."""
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            torch.manual_seed(self.config.seed)
+            np.random.seed(self.config.seed)
+            random.seed(self.config.seed)
+            return 0, None
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return state["step"], state["rng"]
+
+    def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
+        self._log_file.flush()
+        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "step": step, "rng": _rng_states()},
+                     self.run_dir / "checkpoint.pt")
+
+    def _open_log(self, step: int):
+        """Open ``log.csv``, dropping rows logged after the checkpoint we resume from."""
+        path = self.run_dir / "log.csv"
+        rows = []
+        if path.exists() and step > 0:
+            with open(path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        self._log_file = open(path, "w", newline="")
+        writer = _LazyCsv(self._log_file)
+        for row in rows:
+            writer.writerow(row)
+        return writer
+
+
+class _LazyCsv:
+    """A CSV writer whose header is the first row's keys (loss parts differ between methods)."""
+
+    def __init__(self, file):
+        self.file, self.writer = file, None
+
+    def writerow(self, row: dict) -> None:
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            self.writer.writeheader()
+        self.writer.writerow(row)
+
+
+def read_log(run_dir: str | os.PathLike):
+    """The loss log of a run as a DataFrame."""
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / "log.csv")

@@ -1,0 +1,34 @@
+"""The core issue's reference table: the trained prototype baseline against what it must beat.
+
+Rows, all on one protocol (identical episodes):
+
+- ``all-foreground``: every pixel labelled foreground (the metric's floor for a lazy model);
+- ``protonet, random backbone``: no training at all;
+- ``protonet, pre-trained backbone``: the fold's pre-trained backbone without episodic training
+  (the synthetic analogue of PANet's "PANet-init": ImageNet weights, no episodic training);
+- ``protonet, episodic training``: the trained baseline (``experiments.configs``).
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ..data import build_source
+from ..engine.episodic import train_fewshot
+from ..engine.protocol import AllForeground, EvalProtocol, evaluate
+from ..models import build_model
+from .configs import SYNTHETIC_BACKBONE, experiment
+
+
+def baseline_rows(fold: int = 0, seed: int = 0, protocol: EvalProtocol = EvalProtocol(), progress: bool = True,
+                  device=None) -> pd.DataFrame:
+    source = build_source("synthetic")
+    config = experiment("protonet", fold=fold, seed=seed, progress=progress)
+    trained = train_fewshot(config, progress=progress, source=source)
+    torch.manual_seed(seed)
+    untrained = build_model("protonet", backbone="smallcnn")
+    pretrained = build_model("protonet", **{**SYNTHETIC_BACKBONE, "weights": config.model_args["weights"]})
+    candidates = {"all-foreground": AllForeground(), "protonet, random backbone": untrained,
+                  "protonet, pre-trained backbone": pretrained, "protonet, episodic training": trained}
+    return pd.concat([evaluate(model, source, fold, protocol, method=name, device=device, progress=progress)
+                      for name, model in candidates.items()], ignore_index=True)

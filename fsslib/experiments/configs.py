@@ -1,0 +1,35 @@
+"""Named experiments: a method and its training recipe, as TrainConfig factories.
+
+Ablations are config variants (``key=value`` overrides), never code edits. On the synthetic
+benchmark every method starts from the fold's pre-trained small backbone (see
+``engine.pretrain``) with its early stages and BatchNorm frozen and the last stage trainable.
+"""
+from __future__ import annotations
+
+from ..engine.pretrain import pretrained_backbone
+from ..engine.trainer import TrainConfig
+from ..runtime import fast_mode
+
+#: Early stages frozen, BatchNorm frozen, last stage trainable (shared by every synthetic recipe).
+SYNTHETIC_BACKBONE = {"backbone": "smallcnn", "frozen_stages": ("layer1", "layer2", "layer3"), "freeze_bn": True}
+
+
+def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, progress: bool = True,
+                     **model_args) -> TrainConfig:
+    """AdamW 5e-4 with a cosine schedule, 1000 steps x 8 one-shot episodes, from the pre-trained backbone."""
+    weights = pretrained_backbone(fold, pretrain_seed, progress=progress)
+    steps, batch = (6, 2) if fast_mode() else (1000, 8)
+    return TrainConfig(model=model, model_args={**SYNTHETIC_BACKBONE, "weights": str(weights), **model_args},
+                       benchmark="synthetic", fold=fold, seed=seed, steps=steps, batch_size=batch, lr=5e-4,
+                       schedule="cosine", checkpoint_every=max(steps // 5, 1), log_every=max(steps // 50, 1))
+
+
+EXPERIMENTS = {
+    "protonet": lambda **kw: synthetic_recipe("protonet", **kw),
+}
+
+
+def experiment(name: str, **kwargs) -> TrainConfig:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment '{name}'; valid names: {sorted(EXPERIMENTS)} (or a path to a config.json)")
+    return EXPERIMENTS[name](**kwargs)

@@ -1,0 +1,59 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fsslib.data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform
+from fsslib.engine import Evaluator
+from fsslib.engine.protocol import AllForeground, EvalProtocol, evaluate, interval95, per_seed, summarize
+from fsslib.models import build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("protonet", feature_stage="layer3").eval()
+
+
+def test_cached_evaluation_equals_episode_by_episode_forward(synthetic_source, model):
+    protocol = EvalProtocol(episodes=12, seeds=(3,), shots=(2,), batch_size=5)
+    rows = evaluate(model, synthetic_source, 0, protocol, method="m")
+
+    pool = EpisodePool.for_fold(synthetic_source, 0, "val")
+    episodes = protocol.episode_lists(pool, 2)[3]
+    dataset = EpisodeDataset(pool, eval_transform(128), shot=2, episodes=episodes)
+    evaluator = Evaluator(pool.classes)
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            batch = collate_episodes([dataset[i]])
+            pred = model.predict(model(batch))
+            evaluator.update(pred, torch.stack(batch["query_mask_orig"]), batch["class_id"])
+    expected = pd.DataFrame(evaluator.rows())
+    got = rows[rows["class"] != 0][["class", "intersection", "union"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    assert per_seed(rows)["miou"].iloc[0] == pytest.approx(evaluator.miou())
+    assert per_seed(rows)["fbiou"].iloc[0] == pytest.approx(evaluator.fbiou())
+
+
+def test_all_foreground_scores_the_foreground_fraction(synthetic_source):
+    rows = evaluate(AllForeground(), synthetic_source, 0, EvalProtocol(episodes=20, seeds=(0,)), method="all-fg")
+    classes = rows[rows["class"] != 0]
+    # Predicting everything: intersection = foreground pixels, union = all valid pixels of those episodes.
+    assert (classes["intersection"] <= classes["union"]).all()
+    assert rows[rows["class"] == 0]["intersection"].item() == 0
+
+
+def test_summary_interval():
+    mean, half = interval95([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
+    rows = pd.DataFrame([dict(method="m", fold=0, shot=1, seed=s, **{"class": c, "intersection": i, "union": 10})
+                         for s, (i1, i2) in enumerate([(5, 5), (10, 0)]) for c, i in ((1, i1), (2, i2))] +
+                        [dict(method="m", fold=0, shot=1, seed=s, **{"class": 0, "intersection": 0, "union": 1})
+                         for s in range(2)])
+    summary = summarize(rows)
+    assert summary["miou"].item() == pytest.approx(50.0) and summary["seeds"].item() == 2
+
+
+def test_protocol_rejects_unknown_label_mode():
+    with pytest.raises(ValueError, match="labels"):
+        EvalProtocol(labels="native")

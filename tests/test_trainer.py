@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+
+from fsslib.engine.episodic import load_run, train_fewshot
+from fsslib.engine.trainer import TrainConfig, learning_rate_factor, read_log
+
+
+def small_config(**overrides):
+    values = dict(model="protonet", steps=6, batch_size=2, checkpoint_every=2, log_every=1, lr=1e-3,
+                  image_size=64, model_args={"feature_stage": "layer3"})
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_a_resumed_run_ends_with_the_same_weights(synthetic_source, tmp_path):
+    config = small_config()
+    straight = train_fewshot(config, tmp_path / "straight", progress=False, source=synthetic_source)
+    train_fewshot(config, tmp_path / "resumed", progress=False, stop_after=3, source=synthetic_source)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "model.pt").exists()
+    resumed = train_fewshot(config, tmp_path / "resumed", progress=False, source=synthetic_source)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert read_log(tmp_path / "resumed")["step"].tolist() == list(range(1, 7))  # no duplicated rows
+    model, stored = load_run(tmp_path / "resumed")
+    assert stored == config and torch.equal(next(iter(model.state_dict().values())),
+                                            next(iter(straight.state_dict().values())))
+
+
+def test_training_changes_the_weights_and_logs_the_loss(synthetic_source, tmp_path):
+    torch.manual_seed(0)
+    config = small_config(steps=4)
+    model = train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)
+    from fsslib.models import build_model
+
+    torch.manual_seed(config.seed)
+    initial = build_model(config.model, **config.model_args)
+    changed = [n for (n, a), b in zip(model.state_dict().items(), initial.state_dict().values())
+               if a.is_floating_point() and not torch.equal(a, b)]
+    assert changed
+    log = read_log(tmp_path / "run")
+    assert {"step", "loss", "lr", "query_ce"} <= set(log.columns) and log["loss"].notna().all()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 4
+
+
+def test_a_run_directory_refuses_another_config(synthetic_source, tmp_path):
+    train_fewshot(small_config(steps=2), tmp_path / "run", progress=False, source=synthetic_source)
+    with pytest.raises(ValueError, match="differs in \\['lr'\\]"):
+        train_fewshot(small_config(steps=2, lr=0.1), tmp_path / "run", progress=False, source=synthetic_source)
+
+
+@pytest.mark.parametrize("schedule,expected", [("cosine", [1.0, 0.5, 0.0]), ("constant", [1.0, 1.0, 1.0]),
+                                               ("poly", [1.0, 0.5 ** 0.9, 0.0])])
+def test_schedules(schedule, expected):
+    config = TrainConfig(steps=10, schedule=schedule)
+    got = [learning_rate_factor(config, s) for s in (0, 5, 10)]
+    assert got == pytest.approx(expected)
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="unknown training config key"):
+        TrainConfig.from_dict({"stepz": 3})
