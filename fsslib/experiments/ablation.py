@@ -1,0 +1,160 @@
+"""Ablations as data: variants of a recipe, trained over seeds, evaluated on identical episodes.
+
+A :class:`Variant` is a method with config overrides. Training-time switches need their own
+training runs; inference-time switches (self-support at test, weak supports, N-way) reuse the
+weights of another variant (``trained_as``) and only change the evaluation.
+
+Pairing is what makes small effects visible: training seed ``k`` draws the identical training
+episode stream for every variant (``EpisodeDataset`` items are a function of ``(seed, index)``)
+and starts from the same pre-trained backbone, and every model answers the identical test
+episodes. The difference of a variant to its reference is therefore computed per training seed,
+and its 95% interval is over those paired differences. A row whose interval contains zero is
+*not resolved*: the experiment cannot tell the two apart.
+
+Finished runs and evaluations are stored and reused, so an interrupted ablation continues where
+it stopped; a failed variant is reported and the others still complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data import build_source
+from ..engine.episodic import train_fewshot
+from ..engine.protocol import EvalProtocol, evaluate, interval95
+from ..engine.trainer import runs_dir
+from .configs import synthetic_recipe
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of an ablation table."""
+
+    name: str
+    model: str
+    #: Config fields of the method used for training (and evaluation unless ``eval_args`` says otherwise).
+    model_args: dict = field(default_factory=dict)
+    #: TrainConfig overrides (e.g. ``{"shot": 5}``, ``{"steps": 2000}``).
+    train_args: dict = field(default_factory=dict)
+    #: Config fields flipped on the trained model before evaluation (inference-time switches).
+    eval_args: dict = field(default_factory=dict)
+    #: Protocol overrides for this row only (e.g. ``{"support_annotation": "box"}``, ``{"way": 2}``).
+    protocol_args: dict = field(default_factory=dict)
+    #: Name of the variant whose trained weights this one evaluates (no training of its own).
+    trained_as: str | None = None
+
+
+def _slug(variant: Variant) -> str:
+    """Run-directory name: readable, and unique for the training-relevant fields."""
+    key = json.dumps({"model": variant.model, "model_args": variant.model_args, "train_args": variant.train_args},
+                     sort_keys=True, default=str)
+    return f"{variant.model}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False):
+    """Train (or load) ``variant`` for one training seed; returns the model."""
+    config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, progress=progress,
+                              **variant.model_args)
+    config = replace(config, **variant.train_args)
+    run_dir = runs_dir() / "ablation" / f"{_slug(variant)}-fold{fold}-seed{seed}-pre{pretrain_seed}"
+    return train_fewshot(config, run_dir, progress=progress)
+
+
+def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protocol: EvalProtocol = EvalProtocol(),
+                 results: str | Path | None = None, pretrain_seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Train every variant for every seed, evaluate it, and return the IoU rows of all of them.
+
+    Rows carry ``train_seed`` beside the protocol's evaluation ``seed``. With ``results`` (a
+    folder) every (variant, seed) evaluation is saved as CSV and reused on the next call.
+    """
+    from tqdm.auto import tqdm
+
+    by_name = {v.name: v for v in variants}
+    missing = [v.trained_as for v in variants if v.trained_as and v.trained_as not in by_name]
+    if missing:
+        raise ValueError(f"trained_as names unknown variants: {missing}")
+    results = Path(results) if results else None
+    if results:
+        results.mkdir(parents=True, exist_ok=True)
+    source = build_source("synthetic")
+    frames, failures = [], []
+    jobs = [(v, s) for s in seeds for v in variants]
+    for variant, seed in tqdm(jobs, desc="ablation", disable=not progress):
+        cached = results / f"{_slug(variant)}-{_eval_key(variant, protocol)}-fold{fold}-seed{seed}-pre{pretrain_seed}.csv" \
+            if results else None
+        if cached and cached.exists():
+            frames.append(pd.read_csv(cached).assign(method=variant.name))
+            continue
+        try:
+            trained = by_name[variant.trained_as] if variant.trained_as else variant
+            model = train_variant(trained, fold, seed, pretrain_seed)
+            for key, value in variant.eval_args.items():
+                if not hasattr(model.config, key):
+                    raise ValueError(f"eval_args key '{key}' is not a config field of {variant.model}")
+                setattr(model.config, key, value)
+            rows = evaluate(model, source, fold, replace(protocol, **variant.protocol_args), method=variant.name)
+            rows.insert(3, "train_seed", seed)
+            rows["pretrain_seed"] = pretrain_seed
+        except Exception as error:  # one broken variant must not lose the others' work
+            failures.append((variant.name, seed, f"{type(error).__name__}: {error}", traceback.format_exc()))
+            continue
+        if cached:
+            rows.to_csv(cached, index=False)
+        frames.append(rows)
+    for name, seed, message, _ in failures:
+        print(f"FAILED {name} (seed {seed}): {message}")
+    if not frames:
+        raise RuntimeError("every variant failed; see the messages above")
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["failures"] = failures
+    return out
+
+
+def _eval_key(variant: Variant, protocol: EvalProtocol) -> str:
+    key = json.dumps({"eval": variant.eval_args, "protocol": asdict(replace(protocol, **variant.protocol_args)),
+                      "trained_as": variant.trained_as}, sort_keys=True, default=str)
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def per_training_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """mIoU per (method, fold, shot, train_seed): class-wise IoU accumulated over evaluation seeds."""
+    classes = rows[rows["class"] != 0]
+    sums = classes.groupby(["method", "fold", "shot", "train_seed", "class"], sort=False)[["intersection", "union"]].sum()
+    iou = (sums["intersection"] / sums["union"].where(sums["union"] > 0)).fillna(0)
+    return (100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()).rename("miou").reset_index()
+
+
+def ablation_table(rows: pd.DataFrame, reference: str | dict[str, str]) -> pd.DataFrame:
+    """Mean mIoU with its 95% interval over training seeds, and the paired difference to a reference.
+
+    ``reference`` is a variant name, or ``{variant: its reference}`` for tables with several.
+    """
+    scores = per_training_seed(rows)
+    out = []
+    for (method, fold, shot), group in scores.groupby(["method", "fold", "shot"], sort=False):
+        mean, half = interval95(group["miou"])
+        ref = reference.get(method) if isinstance(reference, dict) else reference
+        row = dict(method=method, fold=fold, shot=shot, seeds=len(group), miou=mean, miou_ci95=half)
+        if ref and ref != method:
+            base = scores[(scores.method == ref) & (scores.fold == fold) & (scores.shot == shot)]
+            paired = group.merge(base, on="train_seed", suffixes=("", "_ref"))
+            diff, diff_half = interval95(paired["miou"] - paired["miou_ref"])
+            row.update(reference=ref, diff=diff, diff_ci95=diff_half, resolved=abs(diff) > diff_half)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def format_ablation(table: pd.DataFrame) -> str:
+    """Markdown table: mIoU ± interval, difference to the reference ± interval, resolved or not."""
+    lines = ["| variant | shot | seeds | mIoU | vs reference | |", "|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        diff = "" if pd.isna(getattr(r, "diff", np.nan)) else f"{r.diff:+.2f} ± {r.diff_ci95:.2f} ({r.reference})"
+        flag = "" if not diff else ("" if r.resolved else "not resolved")
+        lines.append(f"| {r.method} | {r.shot} | {r.seeds} | {r.miou:.1f} ± {r.miou_ci95:.1f} | {diff} | {flag} |")
+    return "\n".join(lines)

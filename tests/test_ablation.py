@@ -1,0 +1,37 @@
+import pandas as pd
+import pytest
+
+from fsslib.engine.protocol import EvalProtocol
+from fsslib.experiments.ablation import Variant, ablation_table, format_ablation, run_ablation
+
+
+@pytest.fixture
+def fast_env(synthetic_source, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSSLIB_FAST", "1")
+    monkeypatch.setenv("FSSLIB_DATA", str(synthetic_source.root.parent))
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def test_ablation_pairs_seeds_reuses_results_and_reports_failures(fast_env):
+    variants = [Variant("scale 20", "protonet"),
+                Variant("scale 10 at test", "protonet", eval_args={"scale": 10.0}, trained_as="scale 20"),
+                Variant("box supports", "protonet", protocol_args={"support_annotation": "box"}, trained_as="scale 20"),
+                Variant("broken", "protonet", eval_args={"no_such_field": 1}, trained_as="scale 20")]
+    protocol = EvalProtocol(episodes=8, seeds=(0,), shots=(1,))
+    rows = run_ablation(variants, seeds=(0, 1), protocol=protocol, results=fast_env / "results", progress=False)
+    assert [f[0] for f in rows.attrs["failures"]] == ["broken", "broken"]
+    assert set(rows.method) == {"scale 20", "scale 10 at test", "box supports"}
+    assert set(rows.train_seed) == {0, 1}
+    # Cosine scale does not change the argmax: identical predictions, a zero paired difference.
+    table = ablation_table(rows, reference="scale 20").set_index("method")
+    assert table.loc["scale 10 at test", "diff"] == pytest.approx(0) and not table.loc["scale 10 at test", "resolved"]
+    assert "not resolved" in format_ablation(table.reset_index())
+    again = run_ablation(variants[:3], seeds=(0, 1), protocol=protocol, results=fast_env / "results", progress=False)
+    pd.testing.assert_frame_equal(again.sort_values(list(again.columns)).reset_index(drop=True),
+                                  rows.sort_values(list(rows.columns)).reset_index(drop=True), check_dtype=False)
+
+
+def test_unknown_reference_variant_is_named(fast_env):
+    with pytest.raises(ValueError, match="trained_as names unknown variants"):
+        run_ablation([Variant("a", "protonet", trained_as="b")], progress=False)
