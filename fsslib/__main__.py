@@ -4,6 +4,7 @@
     python -m fsslib train EXPERIMENT|CONFIG.json [key=value ...] [--run-dir DIR]
     python -m fsslib eval RUN_DIR [key=value ...]
     python -m fsslib baselines [key=value ...]
+    python -m fsslib ablation NAME [key=value ...] [--seeds 0,1,2]
     python -m fsslib reproduce [--profile fast|default|full]
 
 ``key=value`` sets a field of the training config (``model_args.scale=10`` a model field) or,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -91,10 +93,14 @@ def command_eval(args) -> None:
         raise ValueError(f"no run at {run_dir} (expected {run_dir / 'config.json'})")
     model, config = load_run(run_dir)
     protocol = apply_to_protocol(EvalProtocol(), parse_overrides(args.overrides))
-    rows = evaluate(model, build_source(config.benchmark, config.data_root), config.fold, protocol,
-                    method=run_dir.name, progress=True)
+    source = build_source(config.benchmark, config.data_root)
+    start = time.perf_counter()
+    rows = evaluate(model, source, config.fold, protocol, method=run_dir.name, progress=True)
+    seconds = time.perf_counter() - start
     rows.to_csv(run_dir / "eval_rows.csv", index=False)
     print(format_summary(summarize(rows)))
+    episodes = protocol.episodes * len(protocol.seeds) * len(protocol.shots)
+    print(f"{episodes} episodes evaluated in {seconds:.1f} s (features computed once per test image)")
 
 
 def command_baselines(args) -> None:
@@ -103,6 +109,22 @@ def command_baselines(args) -> None:
 
     protocol = apply_to_protocol(EvalProtocol(), parse_overrides(args.overrides))
     print(format_summary(summarize(baseline_rows(args.fold, protocol=protocol))))
+
+
+def command_ablation(args) -> None:
+    from .engine.protocol import EvalProtocol
+    from .experiments.ablation import ablation_table, format_ablation, results_dir, run_ablation
+    from .experiments.tables import TABLES
+
+    if args.name not in TABLES:
+        raise ValueError(f"unknown ablation '{args.name}'; valid names: {sorted(TABLES)}")
+    variants, references = TABLES[args.name]
+    protocol = apply_to_protocol(EvalProtocol(seeds=(0,), shots=(1, 5)), parse_overrides(args.overrides))
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    rows = run_ablation(variants, fold=args.fold, seeds=seeds, protocol=protocol, results=results_dir(args.name))
+    table = format_ablation(ablation_table(rows, references))
+    (results_dir(args.name) / "table.md").write_text(table + "\n")
+    print(table)
 
 
 def command_prepare(args) -> None:
@@ -131,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     baselines = commands.add_parser("baselines", help="trained baseline vs untrained and all-foreground")
     baselines.add_argument("overrides", nargs="*", help="protocol key=value")
     baselines.add_argument("--fold", type=int, default=0)
+    ablation = commands.add_parser("ablation", help="train and evaluate a named ablation table")
+    ablation.add_argument("name")
+    ablation.add_argument("overrides", nargs="*", help="protocol key=value")
+    ablation.add_argument("--seeds", default="0,1,2", help="training seeds, paired across variants")
+    ablation.add_argument("--fold", type=int, default=0)
     reproduce = commands.add_parser("reproduce", help="the main job on the synthetic benchmark")
     reproduce.add_argument("--profile", default="default", choices=("fast", "default", "full"))
 
     args = parser.parse_args(argv)
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
-                "baselines": command_baselines}
+                "baselines": command_baselines, "ablation": command_ablation}
     try:
         if args.command == "reproduce":
             from .experiments.reproduce import reproduce

@@ -29,6 +29,7 @@ from ..data import build_source
 from ..engine.episodic import train_fewshot
 from ..engine.protocol import EvalProtocol, evaluate, interval95
 from ..engine.trainer import runs_dir
+from ..runtime import fast_mode
 from .configs import synthetic_recipe
 
 
@@ -57,13 +58,23 @@ def _slug(variant: Variant) -> str:
     return f"{variant.model}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
+def variant_run_dir(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0) -> Path:
+    """Where the training run of ``variant`` for one seed lives."""
+    suffix = "-fast" if fast_mode() else ""
+    return runs_dir() / "ablation" / f"{_slug(variant)}-fold{fold}-seed{seed}-pre{pretrain_seed}{suffix}"
+
+
+def results_dir(name: str) -> Path:
+    """``results/<name>`` beside the runs folder (``$FSSLIB_RUNS/../results`` in tests)."""
+    return runs_dir().parent / "results" / name
+
+
 def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False):
     """Train (or load) ``variant`` for one training seed; returns the model."""
     config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, progress=progress,
                               **variant.model_args)
     config = replace(config, **variant.train_args)
-    run_dir = runs_dir() / "ablation" / f"{_slug(variant)}-fold{fold}-seed{seed}-pre{pretrain_seed}"
-    return train_fewshot(config, run_dir, progress=progress)
+    return train_fewshot(config, variant_run_dir(variant, fold, seed, pretrain_seed), progress=progress)
 
 
 def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protocol: EvalProtocol = EvalProtocol(),

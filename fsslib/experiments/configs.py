@@ -12,6 +12,9 @@ from ..runtime import fast_mode
 
 #: Early stages frozen, BatchNorm frozen, last stage trainable (shared by every synthetic recipe).
 SYNTHETIC_BACKBONE = {"backbone": "smallcnn", "frozen_stages": ("layer1", "layer2", "layer3"), "freeze_bn": True}
+#: Where a method departs from that: SSP matches layer3 features and, like the authors' recipe,
+#: trains layer2-layer3 with layer1 frozen.
+METHOD_BACKBONE = {"ssp": {"frozen_stages": ("layer1",)}}
 
 
 def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, progress: bool = True,
@@ -19,17 +22,17 @@ def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: in
     """AdamW 5e-4 with a cosine schedule, 1000 steps x 8 one-shot episodes, from the pre-trained backbone."""
     weights = pretrained_backbone(fold, pretrain_seed, progress=progress)
     steps, batch = (6, 2) if fast_mode() else (1000, 8)
-    return TrainConfig(model=model, model_args={**SYNTHETIC_BACKBONE, "weights": str(weights), **model_args},
+    model_args = {**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(model, {}), "weights": str(weights), **model_args}
+    return TrainConfig(model=model, model_args=model_args,
                        benchmark="synthetic", fold=fold, seed=seed, steps=steps, batch_size=batch, lr=5e-4,
                        schedule="cosine", checkpoint_every=max(steps // 5, 1), log_every=max(steps // 50, 1))
 
 
-EXPERIMENTS = {
-    "protonet": lambda **kw: synthetic_recipe("protonet", **kw),
-}
+#: Methods with a synthetic-benchmark recipe (``python -m fsslib train NAME``).
+EXPERIMENTS = ("protonet", "panet", "ssp")
 
 
 def experiment(name: str, **kwargs) -> TrainConfig:
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment '{name}'; valid names: {sorted(EXPERIMENTS)} (or a path to a config.json)")
-    return EXPERIMENTS[name](**kwargs)
+        raise ValueError(f"unknown experiment '{name}'; valid names: {list(EXPERIMENTS)} (or a path to a config.json)")
+    return synthetic_recipe(name, **kwargs)
