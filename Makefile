@@ -15,8 +15,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
+# One intra-op thread: the tests run many tiny convolutions, where two threads on two cores
+# (or beside another job) spend most of their time waiting on each other.
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 reproduce: $(VENV)/.installed
 	$(PY) -m fsslib reproduce --profile $(PROFILE)

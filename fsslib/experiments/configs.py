@@ -13,8 +13,10 @@ from ..runtime import fast_mode
 #: Early stages frozen, BatchNorm frozen, last stage trainable (shared by every synthetic recipe).
 SYNTHETIC_BACKBONE = {"backbone": "smallcnn", "frozen_stages": ("layer1", "layer2", "layer3"), "freeze_bn": True}
 #: Where a method departs from that: SSP matches layer3 features and, like the authors' recipe,
-#: trains layer2-layer3 with layer1 frozen.
-METHOD_BACKBONE = {"ssp": {"frozen_stages": ("layer1",)}}
+#: trains layer2-layer3 with layer1 frozen; the prior-mask methods keep the whole backbone frozen
+#: (their prior needs no training and their heads learn on top).
+METHOD_BACKBONE = {"ssp": {"frozen_stages": ("layer1",)}, "pfenet": {"frozen_stages": "all"},
+                   "mspf": {"frozen_stages": "all"}, "msdnet": {"frozen_stages": "all"}}
 
 
 def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, progress: bool = True,
@@ -29,7 +31,7 @@ def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: in
 
 
 #: Methods with a synthetic-benchmark recipe (``python -m fsslib train NAME``).
-EXPERIMENTS = ("protonet", "panet", "ssp")
+EXPERIMENTS = ("protonet", "panet", "ssp", "pfenet", "mspf")
 
 
 def experiment(name: str, **kwargs) -> TrainConfig:

@@ -1,11 +1,7 @@
-"""The ablation tables of the method issues, as lists of variants (data, not code edits).
-
-Each list starts with its reference row. Inference-time rows (weak supports, N-way, components
-switched at test) name the trained variant whose weights they evaluate.
-"""
+"""PANet's ablations on the synthetic benchmark: PAR on/off, weak supports, 2-way (notebook 04)."""
 from __future__ import annotations
 
-from .ablation import Variant
+from ..ablation import Variant
 
 PANET_VARIANTS = [
     Variant("PANet, PAR off", "panet", {"par_weight": 0.0}),
@@ -20,5 +16,3 @@ PANET_VARIANTS = [
 PANET_REFERENCES = {"PANet, PAR on": "PANet, PAR off", "PAR on, scribble supports": "PANet, PAR on",
                     "PAR on, box supports": "PANet, PAR on", "PAR on, 2-way": "PANet, PAR on"}
 
-#: name -> (variants, references): ``python -m fsslib ablation NAME``.
-TABLES = {"panet": (PANET_VARIANTS, PANET_REFERENCES)}

@@ -1,0 +1,12 @@
+"""The ablation tables of the method issues, as lists of variants (data, not code edits).
+
+One module per method. Each list starts with its reference row; inference-time rows (weak
+supports, N-way, components switched at test) name the trained variant whose weights they
+evaluate. ``TABLES`` maps the names of ``python -m fsslib ablation NAME`` to
+``(variants, {row: reference row})``.
+"""
+from __future__ import annotations
+
+from .panet import PANET_REFERENCES, PANET_VARIANTS
+
+TABLES = {"panet": (PANET_VARIANTS, PANET_REFERENCES)}
