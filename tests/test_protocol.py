@@ -29,7 +29,7 @@ def test_cached_evaluation_equals_episode_by_episode_forward(synthetic_source, m
             pred = model.predict(model(batch))
             evaluator.update(pred, torch.stack(batch["query_mask_orig"]), batch["class_id"])
     expected = pd.DataFrame(evaluator.rows())
-    got = rows[rows["class"] != 0][["class", "intersection", "union"]].reset_index(drop=True)
+    got = rows[rows["class"] > 0][["class", "intersection", "union"]].reset_index(drop=True)
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
     assert per_seed(rows)["miou"].iloc[0] == pytest.approx(evaluator.miou())
     assert per_seed(rows)["fbiou"].iloc[0] == pytest.approx(evaluator.fbiou())
@@ -37,10 +37,10 @@ def test_cached_evaluation_equals_episode_by_episode_forward(synthetic_source, m
 
 def test_all_foreground_scores_the_foreground_fraction(synthetic_source):
     rows = evaluate(AllForeground(), synthetic_source, 0, EvalProtocol(episodes=20, seeds=(0,)), method="all-fg")
-    classes = rows[rows["class"] != 0]
+    classes = rows[rows["class"] > 0]
     # Predicting everything: intersection = foreground pixels, union = all valid pixels of those episodes.
     assert (classes["intersection"] <= classes["union"]).all()
-    assert rows[rows["class"] == 0]["intersection"].item() == 0
+    assert rows[rows["class"] == 0]["intersection"].item() == 0  # background never predicted
 
 
 def test_summary_interval():
@@ -57,3 +57,15 @@ def test_summary_interval():
 def test_protocol_rejects_unknown_label_mode():
     with pytest.raises(ValueError, match="labels"):
         EvalProtocol(labels="native")
+
+
+def test_fb_iou_rows_agree_with_the_evaluator_in_n_way():
+    """Two ways predicted swapped: class IoUs are 0, but every foreground pixel is foreground."""
+    evaluator = Evaluator([3, 7])
+    target = torch.tensor([[[1, 1, 2, 2, 0, 0]]])
+    pred = torch.tensor([[[2, 2, 1, 1, 0, 0]]])
+    evaluator.update(pred, target, torch.tensor([[3, 7]]))
+    rows = pd.DataFrame([dict(method="m", fold=0, shot=1, seed=0, **r) for r in evaluator.rows() + evaluator.fb_rows()])
+    scores = per_seed(rows)
+    assert evaluator.fbiou() == pytest.approx(100.0) and scores["fbiou"].item() == pytest.approx(100.0)
+    assert evaluator.miou() == pytest.approx(0.0) and scores["miou"].item() == pytest.approx(0.0)

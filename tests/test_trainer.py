@@ -63,3 +63,35 @@ def test_bad_config_values_are_named():
         TrainConfig(optimizer="adam")
     with pytest.raises(ValueError, match="unknown training config key"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+def test_cached_training_needs_a_frozen_backbone_and_trains_a_head(synthetic_source, tmp_path):
+    args = {"feature_stage": "layer3", "frozen_stages": "all", "freeze_bn": True, "scale": 20.0}
+    config = small_config(model="panet", model_args=args, augment=False, steps=3)
+    # PANet's head has no parameters: give the optimiser something, the backbone stays frozen.
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train_fewshot(config, tmp_path / "images", progress=False, source=synthetic_source)
+    bad = small_config(model_args={**args, "frozen_stages": ("layer1",)}, augment=False, cache_features=True)
+    with pytest.raises(ValueError, match="cache_features=True needs"):
+        train_fewshot(bad, tmp_path / "bad", progress=False, source=synthetic_source)
+    head = small_config(model="pfenet", model_args={"frozen_stages": "all", "freeze_bn": True, "width": 16},
+                        augment=False, cache_features=True, steps=2, image_size=128)
+    model = train_fewshot(head, tmp_path / "pfenet", progress=False, source=synthetic_source)
+    assert (tmp_path / "pfenet" / "model.pt").exists() and model.learnable_parameters() > 0
+
+
+def test_cached_batches_equal_image_batches(synthetic_source):
+    from fsslib.data import collate_episodes
+    from fsslib.engine.episodic import cached_fewshot_dataset, fewshot_dataset
+    from fsslib.models import build_model
+
+    config = small_config(augment=False, cache_features=True, image_size=128,
+                          model_args={"feature_stage": "layer3", "frozen_stages": "all", "freeze_bn": True})
+    torch.manual_seed(0)
+    model = build_model(config.model, **config.model_args).eval()
+    cached = collate_episodes([cached_fewshot_dataset(config, model, synthetic_source)[i] for i in (0, 1)])
+    images = collate_episodes([fewshot_dataset(config, synthetic_source)[i] for i in (0, 1)])
+    assert cached["query_name"] == images["query_name"]
+    assert torch.equal(cached["support_masks"], images["support_masks"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(cached)["logits"], model(images)["logits"], atol=1e-4, rtol=1e-4)

@@ -218,5 +218,10 @@ def collate_episodes(items: list[dict]) -> dict:
     batch = {}
     for key in items[0]:
         values = [item[key] for item in items]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) and key != "query_mask_orig" else values
+        if isinstance(values[0], dict):  # cached features: {stage: tensor}
+            batch[key] = {stage: torch.stack([v[stage] for v in values]) for stage in values[0]}
+        elif isinstance(values[0], torch.Tensor) and key != "query_mask_orig":
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
     return batch

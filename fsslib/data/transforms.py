@@ -5,9 +5,9 @@ A transform takes ``(image uint8 [H, W, 3] numpy, label uint8 [H, W] numpy)`` an
 resized with nearest neighbour (v2 does this for ``Mask``), and every pixel that a geometric
 transform invents (rotation corners, padding) is ``LABEL_IGNORE``, so no loss or metric sees it.
 
-Both transforms resize to a square ``size x size`` first, as HSNet, PANet and SSP feed their
-networks; evaluation on original-resolution labels is the evaluator's business
-(``query_mask_orig`` carries the untouched label).
+Both transforms resize to a square ``size x size`` first, as HSNet and PANet feed their networks
+(PFENet instead pads to a square, SSP tests at the image's own size); evaluation on
+original-resolution labels is the protocol's business (``query_mask_orig`` keeps the label).
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ import torch
 
 from ..data import DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, collate_episodes, eval_transform, train_transform
 from ..models import FewShotSegmenter, build_model
+from ..runtime import default_device
+from .feature_cache import CachedEpisodeDataset, FeatureCache
 from .trainer import TrainConfig, Trainer, runs_dir
 
 
@@ -21,15 +23,35 @@ def fewshot_dataset(config: TrainConfig, source=None) -> EpisodeDataset:
                           length=config.steps * config.batch_size, seed=config.seed)
 
 
+def cached_fewshot_dataset(config: TrainConfig, model: FewShotSegmenter, source=None) -> CachedEpisodeDataset:
+    """Training episodes on features computed once: only valid for a backbone frozen entirely."""
+    backbone = model.backbone
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    if trainable or not backbone.bn_frozen or config.augment:
+        raise ValueError("cache_features=True needs frozen_stages='all', freeze_bn=True and augment=False "
+                         f"(trainable backbone parameters: {len(trainable)}, BatchNorm frozen: {backbone.bn_frozen}, "
+                         f"augment: {config.augment})")
+    source = source or build_source(config.benchmark, config.data_root)
+    pool = EpisodePool.for_fold(source, config.fold, "train", config.convention)
+    stems = {s for stems in pool.queries.values() for s in stems} | {s for stems in pool.supports.values() for s in stems}
+    device = default_device(config.device)
+    cache = FeatureCache(model.to(device).eval(), source, stems, config.image_size or DEFAULT_SIZES[config.benchmark],
+                         device)
+    return CachedEpisodeDataset(pool, cache, config.shot, config.way, config.steps * config.batch_size, config.seed)
+
+
 def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,
                   stop_after: int | None = None, source=None) -> FewShotSegmenter:
     """Train (or resume, or load when finished) a few-shot method; returns the model."""
     if config.task != "episodic":
         raise ValueError(f"train_fewshot trains task='episodic' configs, got task={config.task!r}")
     run_dir = Path(run_dir) if run_dir else runs_dir() / f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}"
-    dataset = fewshot_dataset(config, source)
     torch.manual_seed(config.seed)  # the same seed initialises the same weights
     model = build_model(config.model, **config.model_args)
+    if config.cache_features:
+        dataset = cached_fewshot_dataset(config, model, source)
+    else:
+        dataset = fewshot_dataset(config, source)
     trainer = Trainer(config, model, dataset, run_dir, collate_fn=collate_episodes)
     return trainer.fit(progress=progress, stop_after=stop_after)
 

@@ -46,7 +46,7 @@ class Evaluator:
 
         evaluator = Evaluator(fold_classes("pascal", 0))
         for batch in loader:
-            logits, _ = model(batch)
+            logits = model(batch)["logits"]
             evaluator.update(logits.argmax(1), batch["query_mask"], batch["class_id"])
         print(evaluator.miou(), evaluator.fbiou())
     """
@@ -146,16 +146,18 @@ class Evaluator:
             for c, i, u in zip(self.class_ids, self._intersection, self._union, strict=True)
         ]
 
-    def background_counts(self) -> dict[str, int]:
-        """Background ``{"class": 0, "intersection", "union"}`` over all episodes.
+    def fb_rows(self) -> list[dict[str, int]]:
+        """FB-IoU's counts as rows: class 0 = background, class -1 = foreground (any way).
 
-        With :meth:`rows` it restores FB-IoU: the foreground counts are the sums over classes.
+        With :meth:`rows` they make a table from which both mIoU and FB-IoU can be recomputed
+        exactly; in N-way episodes "foreground" is class-agnostic, so it is not the sum of the
+        class rows (a pixel of way 1 predicted as way 2 is foreground for FB-IoU).
         """
-        return {
-            "class": 0,
-            "intersection": int(self._fb_intersection[0]),
-            "union": int(self._fb_union[0]),
-        }
+        return [{"class": c, "intersection": int(i), "union": int(u)}
+                for c, i, u in ((0, *self._fb_values(0)), (-1, *self._fb_values(1)))]
+
+    def _fb_values(self, k: int) -> tuple[int, int]:
+        return int(self._fb_intersection[k]), int(self._fb_union[k])
 
     def _class_row(self, class_id: int) -> int:
         try:

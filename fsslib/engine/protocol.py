@@ -5,11 +5,11 @@ the shots, N-way, the label resolution and the support annotation. Two methods e
 one protocol on one fold answer exactly the same episodes.
 
 In eval mode a model maps an image to the same features in every episode, so each test image
-goes through the backbone **once per protocol run** (:class:`FeatureCache`); episodes are then
-assembled from cached features and only the method's head runs per episode, in batches.
+goes through the backbone **once per protocol run** (:class:`~fsslib.engine.feature_cache.FeatureCache`);
+episodes are then assembled from cached features and only the method's head runs, in batches.
 
 Results are rows ``(method, fold, shot, seed, class, intersection, union)``; class 0 holds the
-background counts, from which FB-IoU follows. :func:`summarize` turns rows into mIoU and FB-IoU
+background and class -1 the (class-agnostic) foreground counts of FB-IoU. :func:`summarize` turns rows into mIoU and FB-IoU
 per seed, then a mean and a 95% t-interval over seeds.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..data.weak import weak_annotation
 from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
 from .evaluator import Evaluator
+from .feature_cache import FeatureCache
 
 ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
 
@@ -41,7 +42,8 @@ class EvalProtocol:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     shots: tuple[int, ...] = (1,)
     way: int = 1
-    #: "original": predictions upsampled to each query's original label (SSP, PFENet, MSDNet);
+    #: "original": logits bilinearly upsampled to each query's untouched label, as SSP, PFENet
+    #: and MSDNet score (they feed the image differently: SSP at its own size, PFENet padded);
     #: "resized": compared with the label resized to the network input (HSNet, PANet).
     labels: str = "original"
     #: Network input size; None = the benchmark's default (synthetic 128, PASCAL/COCO 473).
@@ -61,39 +63,6 @@ class EvalProtocol:
 
     def episode_lists(self, pool: EpisodePool, shot: int) -> dict[int, list[Episode]]:
         return {seed: sample_episodes(pool, self.episodes, shot, self.way, seed) for seed in self.seeds}
-
-
-class FeatureCache:
-    """Backbone features, resized labels and original labels of a set of images, computed once.
-
-    ``features[stage]`` is ``[n_images, C, h, w]`` on ``device``; ``row[stem]`` indexes it.
-    """
-
-    def __init__(self, model: nn.Module, source, stems, size: int, device: torch.device,
-                 batch_size: int = 64, progress: bool = False):
-        from tqdm.auto import tqdm
-
-        self.stems = sorted(set(stems))
-        self.row = {stem: i for i, stem in enumerate(self.stems)}
-        transform = eval_transform(size)
-        images, labels, self.original_labels = [], [], []
-        for stem in self.stems:
-            image, label = source.load(stem)
-            img, lab = transform(image, label)
-            images.append(img)
-            labels.append(lab)
-            self.original_labels.append(torch.from_numpy(label))
-        self.labels = torch.stack(labels)  # dataset class ids at the network size
-        self.features: dict[str, Tensor] = {}
-        stages = getattr(model, "feature_stages", ())
-        if not stages:
-            return
-        chunks = []
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
-                batch = torch.stack(images[start:start + batch_size]).to(device)
-                chunks.append(model.extract(batch))
-        self.features = {stage: torch.cat([c[stage] for c in chunks]) for stage in stages}
 
 
 class AllForeground(nn.Module):
@@ -127,25 +96,18 @@ def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalP
             for start in range(0, len(episodes), protocol.batch_size):
                 _evaluate_batch(model, cache, episodes[start:start + protocol.batch_size], protocol, evaluator,
                                 size, device, rng)
-            background = evaluator.background_counts()
-            rows += [dict(method=method, fold=fold, shot=shot, seed=seed, **r) for r in evaluator.rows()]
-            rows.append(dict(method=method, fold=fold, shot=shot, seed=seed, **background))
+            rows += [dict(method=method, fold=fold, shot=shot, seed=seed, **r)
+                     for r in evaluator.rows() + evaluator.fb_rows()]
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
 @torch.inference_mode()
 def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protocol: EvalProtocol,
                     evaluator: Evaluator, size: int, device, rng) -> None:
-    way, shot = episodes[0].way, episodes[0].shot
-    query_rows = torch.tensor([cache.row[e.query] for e in episodes])
-    support_rows = torch.tensor([[cache.row[s] for s in e.supports] for e in episodes])
-    query_feats = {k: v[query_rows.to(v.device)] for k, v in cache.features.items()}
-    support_feats = {k: v[support_rows.flatten().to(v.device)].unflatten(0, support_rows.shape)
-                     for k, v in cache.features.items()}
-    support_masks = torch.stack([
-        torch.stack([episode_mask(cache.labels[cache.row[s]], [e.classes[n // shot]],
-                                  exclude=[c for c in e.classes if c != e.classes[n // shot]])
-                     for n, s in enumerate(e.supports)]) for e in episodes])
+    way = episodes[0].way
+    query_feats = cache.gather([e.query for e in episodes])
+    support_feats = cache.gather([e.supports for e in episodes])
+    support_masks = torch.stack([cache.support_masks(e) for e in episodes])
     if protocol.support_annotation != "dense":
         support_masks = torch.stack([torch.stack([weak_annotation(m, protocol.support_annotation, rng) for m in ms])
                                      for ms in support_masks])
@@ -168,12 +130,11 @@ def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protoco
 def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
     """mIoU and FB-IoU of every (method, fold, shot, seed), in percent."""
     def score(group: pd.DataFrame) -> pd.Series:
-        classes = group[group["class"] != 0]
+        classes = group[group["class"] > 0]
         iou = classes["intersection"] / classes["union"].where(classes["union"] > 0)
-        fg_i, fg_u = classes["intersection"].sum(), classes["union"].sum()
-        bg = group[group["class"] == 0]
-        fb = 0.5 * (bg["intersection"].sum() / max(bg["union"].sum(), 1) + fg_i / max(fg_u, 1))
-        return pd.Series({"miou": 100 * iou.fillna(0).mean(), "fbiou": 100 * fb})
+        fb = [group.loc[group["class"] == c, ["intersection", "union"]].sum() for c in (0, -1)]
+        fbiou = 0.5 * sum(f["intersection"] / max(f["union"], 1) for f in fb)
+        return pd.Series({"miou": 100 * iou.fillna(0).mean(), "fbiou": 100 * fbiou})
 
     keys = ["method", "fold", "shot", "seed"]
     return rows.groupby(keys, sort=False)[["class", "intersection", "union"]].apply(score).reset_index()

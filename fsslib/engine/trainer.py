@@ -48,6 +48,9 @@ class TrainConfig:
     image_size: int | None = None
     convention: str | None = None
     augment: bool = True
+    #: Train the head on features computed once per image (needs a fully frozen backbone, BatchNorm
+    #: included, and augment=False); see engine.feature_cache.
+    cache_features: bool = False
     steps: int = 1000
     batch_size: int = 8
     optimizer: str = "adamw"  # or "sgd"
@@ -114,7 +117,12 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Move every tensor of a batch (and of nested feature dicts) to ``device``."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        return {k: move(v) for k, v in value.items()} if isinstance(value, dict) else value
+    return {k: move(v) for k, v in batch.items()}
 
 
 def _rng_states() -> dict:

@@ -135,7 +135,7 @@ def _eval_key(variant: Variant, protocol: EvalProtocol) -> str:
 
 def per_training_seed(rows: pd.DataFrame) -> pd.DataFrame:
     """mIoU per (method, fold, shot, train_seed): class-wise IoU accumulated over evaluation seeds."""
-    classes = rows[rows["class"] != 0]
+    classes = rows[rows["class"] > 0]
     sums = classes.groupby(["method", "fold", "shot", "train_seed", "class"], sort=False)[["intersection", "union"]].sum()
     iou = (sums["intersection"] / sums["union"].where(sums["union"] > 0)).fillna(0)
     return (100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()).rename("miou").reset_index()

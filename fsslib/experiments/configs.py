@@ -31,7 +31,7 @@ def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: in
 
 
 #: Methods with a synthetic-benchmark recipe (``python -m fsslib train NAME``).
-EXPERIMENTS = ("protonet", "panet", "ssp", "pfenet", "mspf")
+EXPERIMENTS = ("protonet", "panet", "ssp", "pfenet", "mspf", "msdnet")
 
 
 def experiment(name: str, **kwargs) -> TrainConfig:

@@ -66,14 +66,16 @@ class FewShotSegmenter(nn.Module):
 
         Query and supports go through the backbone in one batched call.
         """
+        way = batch["support_classes"].shape[1] if "support_classes" in batch else 1
+        out_size = tuple((batch["query_img"] if "query_img" in batch else batch["query_mask"]).shape[-2:])
+        if "query_feats" in batch:  # precomputed by a frozen backbone (engine.feature_cache)
+            return self.head(batch["query_feats"], batch["support_feats"], batch["support_masks"], way, out_size)
         query_img, support_imgs = batch["query_img"], batch["support_imgs"]
         b, s = support_imgs.shape[:2]
         features = self.extract(torch.cat([query_img, support_imgs.flatten(0, 1)]))
         query_feats = {k: v[:b] for k, v in features.items()}
         support_feats = {k: v[b:].unflatten(0, (b, s)) for k, v in features.items()}
-        way = batch["support_classes"].shape[1] if "support_classes" in batch else 1
-        return self.head(query_feats, support_feats, batch["support_masks"], way=way,
-                         out_size=tuple(query_img.shape[-2:]))
+        return self.head(query_feats, support_feats, batch["support_masks"], way, out_size)
 
     @abstractmethod
     def head(self, query_feats: dict[str, Tensor], support_feats: dict[str, Tensor], support_masks: Tensor,

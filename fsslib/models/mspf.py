@@ -82,8 +82,9 @@ Choices where the paper is silent or its text was lost (each one a config field 
     1. Mean over "support pixels" (eq. 2) = mask-weighted mean over the object (soft mask at the
        scale's size); the cosine puts eps 1e-7 on the product of norms, as PFENet.
     2. The support's layer4 features are masked at scale 1 too (:math:`X_s^1 = X_s^h \odot m^1`),
-       as PFENet does before its prior and as eq. 6 does at every later scale; with the
-       mask-weighted mean this only matters through eps.
+       as PFENet does before its prior and as eq. 6 does at every later scale. At scale 1 the
+       mask-weighted mean makes this matter only through eps; at later scales it does matter,
+       because eq. 6 resizes X_s^1 bilinearly, mixing masked and unmasked neighbours.
     3. Prior scales = the fusion bins, so :math:`Y^i` enters scale i directly; "pool" in eq. 5 is
        adaptive average pooling (eq. 7's pooling); support resizing is bilinear, aligned corners.
     4. K shots: per-shot priors averaged at each scale (PFENet's rule); the paper's "K-shot
