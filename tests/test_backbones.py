@@ -197,3 +197,18 @@ def test_bad_names_and_smallcnn_imagenet_raise_value_errors():
         build_backbone("resnet18")
     with pytest.raises(ValueError, match="pre-training"):
         build_backbone("smallcnn", weights="imagenet")
+
+
+@pytest.mark.parametrize("name", ["smallcnn", "resnet50"])
+def test_remove_final_relu_keeps_weights_and_lets_features_go_negative(name):
+    torch.manual_seed(0)
+    backbone = build_backbone(name).eval()
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        before = backbone(x, upto="layer3")["layer3"]
+        keys = set(backbone.state_dict())
+        backbone.remove_final_relu("layer3")
+        after = backbone(x, upto="layer3")["layer3"]
+    assert set(backbone.state_dict()) == keys
+    assert before.min() >= 0 and after.min() < 0
+    torch.testing.assert_close(after.clamp(min=0), before)  # exactly the ReLU, nothing else

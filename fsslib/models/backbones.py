@@ -115,6 +115,26 @@ class Backbone(nn.Module):
                 break
         return features
 
+    def remove_final_relu(self, name: str) -> Backbone:
+        """Drop the ReLU that ends stage ``name`` (parameter-free; weights load as before).
+
+        Metric-learning methods match features by cosine similarity, which cannot be negative
+        between ReLU outputs; SSP's authors therefore remove layer3's last ReLU (their
+        ``last_relu=False``), as PANet's VGG has none after conv5_3. Handles a stage ending in
+        a torchvision ``Bottleneck`` (its residual sum is returned un-rectified) or in a
+        ``ReLU`` module (the small CNN's conv-BN-ReLU blocks).
+        """
+        last = self.stage_modules(name)[-1]
+        while isinstance(last, nn.Sequential) and not isinstance(last[-1], nn.ReLU):
+            last = last[-1]
+        if isinstance(last, nn.Sequential):
+            last[-1] = nn.Identity()
+        elif isinstance(last, torchvision.models.resnet.Bottleneck):
+            last.__class__ = _BottleneckWithoutFinalReLU
+        else:
+            raise ValueError(f"stage '{name}' does not end in a ReLU this method knows how to remove")
+        return self
+
     # ------------------------------------------------------------------ freezing
     def stage_parameters(self, name: str) -> list[nn.Parameter]:
         """The parameters of stage ``name`` (e.g. to give them their own learning rate)."""
@@ -281,6 +301,16 @@ def _strip_prefix(checkpoint: Mapping[str, Tensor], own: Mapping[str, Tensor]) -
         return dict(checkpoint)
     prefix = max(sorted(candidates), key=lambda p: sum(p + k in checkpoint for k in own))
     return {k[len(prefix) :]: v for k, v in checkpoint.items() if k.startswith(prefix)}
+
+
+class _BottleneckWithoutFinalReLU(torchvision.models.resnet.Bottleneck):
+    """torchvision's Bottleneck returning ``bn3(conv3(.)) + identity`` without the last ReLU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out)) + identity
 
 
 # ---------------------------------------------------------------------- architectures

@@ -162,6 +162,9 @@ class SSPConfig(ModelConfig):
     freeze_bn: bool = True
     #: ... and BatchNorm weights and biases frozen too (requires_grad=False), in every stage.
     freeze_bn_affine: bool = True
+    #: The authors' ResNet ends layer3 without its ReLU (``last_relu=False``): matched features
+    #: can be negative, so cosines span [-1, 1] rather than [0, 1].
+    remove_final_relu: bool = True
     #: Cosine similarities are multiplied by this before the softmax.
     scale: float = 10.0
     #: Masked average pooling of the supports (and of the ground truth in the SSL).
@@ -338,6 +341,8 @@ class SSP(FewShotSegmenter):
         stages = self.backbone.stage_names
         if config.feature_stage not in stages:
             raise ValueError(f"unknown feature_stage '{config.feature_stage}'; stages are {list(stages)}")
+        if config.remove_final_relu:
+            self.backbone.remove_final_relu(config.feature_stage)
         unused = stages[stages.index(config.feature_stage) + 1:]
         if unused:  # never run: keep them out of the optimiser and the parameter counts
             self.backbone.freeze(unused, freeze_bn=self.backbone.bn_frozen)
