@@ -42,9 +42,12 @@ class Pair:
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Data root: the argument, else ``$FSSLIB_DATA``, else ``./data`` (resolved to an absolute path)."""
+    """Data root: the argument, else ``$FSSLIB_DATA``, else the repository's ``data/``.
+
+    Never the working directory: a notebook runs in ``notebooks/`` and must find the same data.
+    """
     if root is None:
-        root = os.environ.get("FSSLIB_DATA") or "data"
+        root = os.environ.get("FSSLIB_DATA") or Path(__file__).resolve().parents[2] / "data"
     return Path(root).expanduser().resolve()
 
 
