@@ -35,3 +35,23 @@ def test_ablation_pairs_seeds_reuses_results_and_reports_failures(fast_env):
 def test_unknown_reference_variant_is_named(fast_env):
     with pytest.raises(ValueError, match="trained_as names unknown variants"):
         run_ablation([Variant("a", "protonet", trained_as="b")], progress=False)
+
+
+def test_every_named_table_is_well_formed():
+    """Rows name real methods, config fields and reference rows, so a long run cannot fail late."""
+    from dataclasses import fields
+
+    from fsslib.engine.protocol import EvalProtocol
+    from fsslib.experiments.tables import TABLES
+    from fsslib.models.registry import config_fields
+
+    protocol_fields = {f.name for f in fields(EvalProtocol)}
+    for name, (variants, references) in TABLES.items():
+        names = [v.name for v in variants]
+        assert len(set(names)) == len(names), name
+        for v in variants:
+            valid = config_fields(v.model)
+            assert set(v.model_args) <= set(valid) and set(v.eval_args) <= set(valid), (name, v.name)
+            assert set(v.protocol_args) <= protocol_fields, (name, v.name)
+            assert v.trained_as is None or v.trained_as in names, (name, v.name)
+        assert set(references) <= set(names) and set(references.values()) <= set(names), name

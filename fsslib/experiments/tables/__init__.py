@@ -8,6 +8,8 @@ evaluate. ``TABLES`` maps the names of ``python -m fsslib ablation NAME`` to
 from __future__ import annotations
 
 from .panet import PANET_REFERENCES, PANET_VARIANTS
+from .mspf import MSPF_REFERENCES, MSPF_VARIANTS
 from .ssp import SSP_REFERENCES, SSP_VARIANTS
 
-TABLES = {"panet": (PANET_VARIANTS, PANET_REFERENCES), "ssp": (SSP_VARIANTS, SSP_REFERENCES)}
+TABLES = {"panet": (PANET_VARIANTS, PANET_REFERENCES), "ssp": (SSP_VARIANTS, SSP_REFERENCES),
+          "mspf": (MSPF_VARIANTS, MSPF_REFERENCES)}
