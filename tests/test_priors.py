@@ -174,3 +174,16 @@ def test_cascade_scale_one_is_the_k_shot_mean_prior_and_connect_changes_only_lat
     support2 = support2 * weights2.unsqueeze(2)
     expected = mean_cosine_prior(F.adaptive_avg_pool2d(query, (3, 3)), support2, weights2).mean(dim=1, keepdim=True)
     torch.testing.assert_close(off[1], expected)
+
+
+def test_area_support_resize_keeps_a_small_object_that_bilinear_sampling_loses():
+    torch.manual_seed(0)
+    query, support = torch.randn(1, 8, 16, 16), torch.randn(1, 1, 8, 16, 16)
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., 10:30, 10:30] = 1  # between the 4x4 sample points 0, 42, 85, 127
+    sizes = [(16, 16), (8, 8), (4, 4)]
+    sampled = multi_scale_mean_cosine_priors(query, support, mask, sizes)
+    area = multi_scale_mean_cosine_priors(query, support, mask, sizes, support_resize="area")
+    assert sampled[2].abs().max() == 0 and area[2].abs().max() > 0
+    with pytest.raises(ValueError, match="support_resize"):
+        multi_scale_mean_cosine_priors(query, support, mask, sizes, support_resize="nearest")

@@ -194,6 +194,9 @@ class MSPFConfig(ModelConfig):
     multi_scale_prior: bool = True
     #: Filter the query features with the previous scale's prior before pooling (eq. 5).
     prior_connection: bool = True
+    #: How support mask and features reach each prior scale: "bilinear" (aligned corners, the
+    #: authors' resizing; samples them) or "area" (average pooling; keeps small objects).
+    support_resize: str = "bilinear"
     #: The weighted adaptive fusion of section 3.3 (False: the baseline's ASPP, no auxiliary loss).
     multi_scale_fusion: bool = True
     #: Horizontal (per-scale refinement) and vertical (top-down) interaction, eqs. 9-12.
@@ -279,8 +282,9 @@ class MSPF(FewShotSegmenter):
             masks = foreground.unflatten(0, shots)
             if cfg.multi_scale_prior:
                 return multi_scale_mean_cosine_priors(query, support, masks, sizes, cfg.prior_connection,
-                                                      cfg.prior_eps)
-            (single,) = multi_scale_mean_cosine_priors(query, support, masks, sizes[:1], eps=cfg.prior_eps)
+                                                      cfg.prior_eps, cfg.support_resize)
+            (single,) = multi_scale_mean_cosine_priors(query, support, masks, sizes[:1], eps=cfg.prior_eps,
+                                                       support_resize=cfg.support_resize)
             return [resize_to(single, size, "bilinear", align_corners=True) for size in sizes]
 
     # ------------------------------------------------------------------ section 3.3
