@@ -141,10 +141,10 @@ def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def interval95(values) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+    """Mean and the half-width of its 95% t-interval (NaN for a single value: no interval exists)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
-        return float(values.mean()), 0.0
+        return float(values.mean()), float("nan")
     return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
 
 
@@ -160,8 +160,14 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def with_interval(mean: float, half: float, digits: int = 1, sign: bool = False) -> str:
+    """``"71.7 ± 0.9"``, or ``"71.7 (1 seed)"`` when there is no interval; ``sign`` writes ``+0.4``."""
+    value = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return f"{value} (1 seed)" if np.isnan(half) else f"{value} ± {half:.{digits}f}"
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     table = summary.assign(
-        mIoU=[f"{m:.1f} ± {c:.1f}" for m, c in zip(summary.miou, summary.miou_ci95)],
-        **{"FB-IoU": [f"{m:.1f} ± {c:.1f}" for m, c in zip(summary.fbiou, summary.fbiou_ci95)]})
+        mIoU=[with_interval(m, c) for m, c in zip(summary.miou, summary.miou_ci95)],
+        **{"FB-IoU": [with_interval(m, c) for m, c in zip(summary.fbiou, summary.fbiou_ci95)]})
     return table[["method", "fold", "shot", "seeds", "mIoU", "FB-IoU"]].to_string(index=False)

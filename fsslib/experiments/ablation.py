@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..data import build_source
 from ..engine.episodic import train_fewshot
-from ..engine.protocol import EvalProtocol, evaluate, interval95
+from ..engine.protocol import EvalProtocol, evaluate, interval95, with_interval
 from ..engine.trainer import runs_dir
 from ..runtime import fast_mode
 from .configs import synthetic_recipe
@@ -156,7 +156,8 @@ def ablation_table(rows: pd.DataFrame, reference: str | dict[str, str]) -> pd.Da
             base = scores[(scores.method == ref) & (scores.fold == fold) & (scores.shot == shot)]
             paired = group.merge(base, on="train_seed", suffixes=("", "_ref"))
             diff, diff_half = interval95(paired["miou"] - paired["miou_ref"])
-            row.update(reference=ref, diff=diff, diff_ci95=diff_half, resolved=abs(diff) > diff_half)
+            # Without an interval (one seed) nothing is resolved.
+            row.update(reference=ref, diff=diff, diff_ci95=diff_half, resolved=bool(abs(diff) > diff_half))
         out.append(row)
     return pd.DataFrame(out)
 
@@ -165,7 +166,8 @@ def format_ablation(table: pd.DataFrame) -> str:
     """Markdown table: mIoU ± interval, difference to the reference ± interval, resolved or not."""
     lines = ["| variant | shot | seeds | mIoU | vs reference | |", "|---|---|---|---|---|---|"]
     for r in table.itertuples():
-        diff = "" if pd.isna(getattr(r, "diff", np.nan)) else f"{r.diff:+.2f} ± {r.diff_ci95:.2f} ({r.reference})"
-        flag = "" if not diff else ("" if r.resolved else "not resolved")
-        lines.append(f"| {r.method} | {r.shot} | {r.seeds} | {r.miou:.1f} ± {r.miou_ci95:.1f} | {diff} | {flag} |")
+        has_ref = not pd.isna(getattr(r, "diff", np.nan))
+        diff = f"{with_interval(r.diff, r.diff_ci95, 2, sign=True)} ({r.reference})" if has_ref else ""
+        flag = "" if not has_ref or r.resolved else "not resolved"
+        lines.append(f"| {r.method} | {r.shot} | {r.seeds} | {with_interval(r.miou, r.miou_ci95)} | {diff} | {flag} |")
     return "\n".join(lines)
