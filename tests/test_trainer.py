@@ -95,3 +95,12 @@ def test_cached_batches_equal_image_batches(synthetic_source):
     assert torch.equal(cached["support_masks"], images["support_masks"])
     with torch.no_grad():
         torch.testing.assert_close(model(cached)["logits"], model(images)["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_run_written_before_a_new_config_field_still_resumes(synthetic_source, tmp_path):
+    config = small_config(steps=2)
+    train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    del stored["train"]["cache_features"]  # as written by an older fsslib
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)  # loads, no error

@@ -170,6 +170,10 @@ class Trainer:
         record = json.loads(json.dumps(self.record))  # tuples -> lists, as stored
         if path.exists():
             stored = json.loads(path.read_text())
+            # A field added to TrainConfig after the run was written takes its default, which by
+            # construction reproduces the behaviour from before the field existed.
+            defaults = json.loads(json.dumps(asdict(TrainConfig())))
+            stored["train"] = {**defaults, **stored["train"]}
             if stored != record:
                 changed = sorted(k for k in set(stored["train"]) | set(record["train"])
                                  if stored["train"].get(k) != record["train"].get(k))
