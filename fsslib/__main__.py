@@ -55,7 +55,7 @@ def apply_to_protocol(protocol, overrides: dict):
 
 
 def command_train(args) -> None:
-    from .engine.episodic import train_fewshot
+    from .engine.episodic import default_run_dir, train_fewshot
     from .engine.trainer import TrainConfig
     from .experiments.configs import experiment
     from .models.registry import config_fields
@@ -79,8 +79,9 @@ def command_train(args) -> None:
         else:
             values[key] = value
     config = TrainConfig.from_dict(values)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     train_fewshot(config, run_dir)
-    print(f"finished {run_dir or 'run'}")
+    print(f"finished {run_dir}")
 
 
 def command_eval(args) -> None:

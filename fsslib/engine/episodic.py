@@ -40,12 +40,17 @@ def cached_fewshot_dataset(config: TrainConfig, model: FewShotSegmenter, source=
     return CachedEpisodeDataset(pool, cache, config.shot, config.way, config.steps * config.batch_size, config.seed)
 
 
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<model>-<benchmark>-fold<f>-seed<s>``: where a run goes when no directory is given."""
+    return runs_dir() / f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}"
+
+
 def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,
                   stop_after: int | None = None, source=None) -> FewShotSegmenter:
     """Train (or resume, or load when finished) a few-shot method; returns the model."""
     if config.task != "episodic":
         raise ValueError(f"train_fewshot trains task='episodic' configs, got task={config.task!r}")
-    run_dir = Path(run_dir) if run_dir else runs_dir() / f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}"
+    run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     torch.manual_seed(config.seed)  # the same seed initialises the same weights
     model = build_model(config.model, **config.model_args)
     if config.cache_features:
