@@ -30,9 +30,7 @@ def _batch(b=2, k=1, size=64, seed=0):
 
 
 def _features(model, batch):
-    b, k = batch["support_imgs"].shape[:2]
-    feats = model.extract(torch.cat([batch["query_img"], batch["support_imgs"].flatten(0, 1)]))
-    return {n: v[:b] for n, v in feats.items()}, {n: v[b:].unflatten(0, (b, k)) for n, v in feats.items()}
+    return model.episode_features(batch)
 
 
 def _model(**kw):

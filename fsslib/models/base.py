@@ -62,20 +62,25 @@ class FewShotSegmenter(nn.Module):
         return {stage: features[stage] for stage in self.feature_stages}
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        """Segment the query of every episode in ``batch`` (the data contract of DESIGN.md).
-
-        Query and supports go through the backbone in one batched call.
-        """
+        """Segment the query of every episode in ``batch`` (the data contract of DESIGN.md)."""
         way = batch["support_classes"].shape[1] if "support_classes" in batch else 1
         out_size = tuple((batch["query_img"] if "query_img" in batch else batch["query_mask"]).shape[-2:])
-        if "query_feats" in batch:  # precomputed by a frozen backbone (engine.feature_cache)
-            return self.head(batch["query_feats"], batch["support_feats"], batch["support_masks"], way, out_size)
+        query_feats, support_feats = self.episode_features(batch)
+        return self.head(query_feats, support_feats, batch["support_masks"], way, out_size)
+
+    def episode_features(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(query_feats {stage: [B, C, h, w]}, support_feats {stage: [B, S, C, h, w]})`` of a batch.
+
+        Query and supports go through the backbone in one call; a batch that already carries
+        features (``engine.feature_cache``) is passed through.
+        """
+        if "query_feats" in batch:
+            return batch["query_feats"], batch["support_feats"]
         query_img, support_imgs = batch["query_img"], batch["support_imgs"]
         b, s = support_imgs.shape[:2]
         features = self.extract(torch.cat([query_img, support_imgs.flatten(0, 1)]))
-        query_feats = {k: v[:b] for k, v in features.items()}
-        support_feats = {k: v[b:].unflatten(0, (b, s)) for k, v in features.items()}
-        return self.head(query_feats, support_feats, batch["support_masks"], way, out_size)
+        return ({k: v[:b] for k, v in features.items()},
+                {k: v[b:].unflatten(0, (b, s)) for k, v in features.items()})
 
     @abstractmethod
     def head(self, query_feats: dict[str, Tensor], support_feats: dict[str, Tensor], support_masks: Tensor,
