@@ -387,16 +387,6 @@ def test_resnet50_small_input_and_the_papers_parameter_count():
     assert [tuple(x.shape[-2:]) for x in out["fusion_features"]] == [(9, 9), (5, 5), (3, 3), (2, 2)]
 
 
-def test_head_on_cached_features_equals_forward_and_k_shot_runs():
-    model = _model()
-    for k in (1, 3):
-        batch = _batch(k=k, seed=k)
-        q, s = _features(model, batch)
-        torch.testing.assert_close(model.head(q, s, batch["support_masks"], 1, (64, 64))["logits"],
-                                   model(batch)["logits"])
-    with pytest.raises(ValueError, match="way=1"):
-        model.head(q, s, batch["support_masks"], 3, (64, 64))
-
 
 def test_train_step_smoke_smallcnn():
     model = _model().train()

@@ -265,13 +265,6 @@ def test_resnet50_parameter_count_and_small_input():
     assert [tuple(p.shape[-2:]) for p in out["priors"]] == [(9, 9), (5, 5), (3, 3), (2, 2)]
 
 
-# ---------------------------------------------------------------------- contract
-def test_head_on_cached_features_equals_forward_for_k_shot(setup):
-    model, batch, q, s = setup
-    torch.testing.assert_close(model.head(q, s, batch["support_masks"], 1, (64, 64))["logits"], model(batch)["logits"])
-    with pytest.raises(ValueError, match="way=1"):
-        model.head(q, s, batch["support_masks"], 2, (64, 64))
-
 
 @pytest.mark.parametrize("name", ["table3_full", "table3_baseline"])
 def test_train_step_smoke_smallcnn(name):

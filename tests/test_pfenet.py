@@ -168,16 +168,6 @@ def test_shared_projection_changes_only_the_support_projection():
     torch.testing.assert_close(shared["prototype"], expected)
 
 
-def test_head_on_cached_features_equals_forward_and_k_shot_runs():
-    model = _model()
-    for k in (1, 3):
-        batch = _batch(k=k, seed=k)
-        q, s = _features(model, batch)
-        torch.testing.assert_close(model.head(q, s, batch["support_masks"], 1, (64, 64))["logits"],
-                                   model(batch)["logits"])
-    with pytest.raises(ValueError, match="way=1"):
-        model.head(q, s, batch["support_masks"], 3, (64, 64))
-
 
 def test_train_step_smoke_smallcnn():
     model = _model().train()
