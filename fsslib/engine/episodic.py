@@ -10,7 +10,7 @@ import torch
 from ..data import DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, collate_episodes, eval_transform, train_transform
 from ..models import FewShotSegmenter, build_model
 from ..runtime import default_device
-from .feature_cache import CachedEpisodeDataset, FeatureCache
+from .feature_cache import CachedEpisodeDataset, FeatureCache, backbone_frozen
 from .trainer import TrainConfig, Trainer, runs_dir
 
 
@@ -25,9 +25,9 @@ def fewshot_dataset(config: TrainConfig, source=None) -> EpisodeDataset:
 
 def cached_fewshot_dataset(config: TrainConfig, model: FewShotSegmenter, source=None) -> CachedEpisodeDataset:
     """Training episodes on features computed once: only valid for a backbone frozen entirely."""
-    backbone = model.backbone
-    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
-    if trainable or not backbone.bn_frozen or config.augment:
+    if not backbone_frozen(model) or config.augment:
+        backbone = model.backbone
+        trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
         raise ValueError("cache_features=True needs frozen_stages='all', freeze_bn=True and augment=False "
                          f"(trainable backbone parameters: {len(trainable)}, BatchNorm frozen: {backbone.bn_frozen}, "
                          f"augment: {config.augment})")
@@ -35,8 +35,9 @@ def cached_fewshot_dataset(config: TrainConfig, model: FewShotSegmenter, source=
     pool = EpisodePool.for_fold(source, config.fold, "train", config.convention)
     stems = {s for stems in pool.queries.values() for s in stems} | {s for stems in pool.supports.values() for s in stems}
     device = default_device(config.device)
+    # The store is shared by every run on this backbone and fold (each variant, each seed).
     cache = FeatureCache(model.to(device).eval(), source, stems, config.image_size or DEFAULT_SIZES[config.benchmark],
-                         device)
+                         device, store=runs_dir() / "feature-cache")
     return CachedEpisodeDataset(pool, cache, config.shot, config.way, config.steps * config.batch_size, config.seed)
 
 

@@ -29,7 +29,8 @@ from ..data.weak import weak_annotation
 from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
 from .evaluator import Evaluator
-from .feature_cache import FeatureCache
+from .feature_cache import FeatureCache, backbone_frozen
+from .trainer import runs_dir
 
 ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
 
@@ -86,7 +87,10 @@ def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalP
     size = protocol.size(source.benchmark)
     lists = {shot: protocol.episode_lists(pool, shot) for shot in protocol.shots}
     stems = {s for by_seed in lists.values() for eps in by_seed.values() for e in eps for s in (e.query, *e.supports)}
-    cache = FeatureCache(model, source, stems, size, device, progress=progress)
+    # A backbone frozen entirely (PFENet, MSPF, MSDNet here) gives every run of every variant the
+    # same test features: keep them in the shared store instead of recomputing them per run.
+    store = runs_dir() / "feature-cache" if backbone_frozen(model) else None
+    cache = FeatureCache(model, source, stems, size, device, progress=progress, store=store)
 
     rows = []
     for shot, by_seed in lists.items():

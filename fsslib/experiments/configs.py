@@ -17,6 +17,14 @@ SYNTHETIC_BACKBONE = {"backbone": "smallcnn", "frozen_stages": ("layer1", "layer
 #: (their prior needs no training and their heads learn on top).
 METHOD_BACKBONE = {"ssp": {"frozen_stages": ("layer1",)}, "pfenet": {"frozen_stages": "all"},
                    "mspf": {"frozen_stages": "all"}, "msdnet": {"frozen_stages": "all"}}
+#: Training overrides per method. A backbone frozen entirely maps an image to the same features in
+#: every episode, so the prior-mask methods train their heads on features computed once per image
+#: (engine.feature_cache): 2-3x fewer seconds per step. The price is no image augmentation (a
+#: cached feature map cannot be flipped or cropped consistently with its mask). MSDNet's decoder
+#: convolutions at strides 4 and 2 are 1.6x faster in channels-last format on this CPU.
+METHOD_TRAINING = {"pfenet": {"cache_features": True, "augment": False},
+                   "mspf": {"cache_features": True, "augment": False},
+                   "msdnet": {"cache_features": True, "augment": False, "channels_last": True}}
 
 
 def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, progress: bool = True,
@@ -27,7 +35,8 @@ def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: in
     model_args = {**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(model, {}), "weights": str(weights), **model_args}
     return TrainConfig(model=model, model_args=model_args,
                        benchmark="synthetic", fold=fold, seed=seed, steps=steps, batch_size=batch, lr=5e-4,
-                       schedule="cosine", checkpoint_every=max(steps // 5, 1), log_every=max(steps // 50, 1))
+                       schedule="cosine", checkpoint_every=max(steps // 5, 1), log_every=max(steps // 50, 1),
+                       **METHOD_TRAINING.get(model, {}))
 
 
 #: Methods with a synthetic-benchmark recipe (``python -m fsslib train NAME``).

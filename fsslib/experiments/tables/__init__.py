@@ -7,9 +7,10 @@ evaluate. ``TABLES`` maps the names of ``python -m fsslib ablation NAME`` to
 """
 from __future__ import annotations
 
+from .main import MAIN_REFERENCES, MAIN_VARIANTS
 from .panet import PANET_REFERENCES, PANET_VARIANTS
 from .mspf import MSPF_REFERENCES, MSPF_VARIANTS
 from .ssp import SSP_REFERENCES, SSP_VARIANTS
 
-TABLES = {"panet": (PANET_VARIANTS, PANET_REFERENCES), "ssp": (SSP_VARIANTS, SSP_REFERENCES),
+TABLES = {"main": (MAIN_VARIANTS, MAIN_REFERENCES), "panet": (PANET_VARIANTS, PANET_REFERENCES), "ssp": (SSP_VARIANTS, SSP_REFERENCES),
           "mspf": (MSPF_VARIANTS, MSPF_REFERENCES)}
