@@ -55,12 +55,14 @@ def apply_to_protocol(protocol, overrides: dict):
 
 
 def command_train(args) -> None:
+    from .engine import distributed
     from .engine.episodic import default_run_dir, train_fewshot
     from .engine.trainer import TrainConfig
     from .experiments.configs import experiment
     from .models.registry import config_fields
 
     overrides = parse_overrides(args.overrides)
+    distributed.init_from_env(overrides.get("device"))  # under torchrun: join the process group
     if args.config.endswith(".json"):
         path = Path(args.config)
         if not path.exists():
@@ -81,7 +83,8 @@ def command_train(args) -> None:
     config = TrainConfig.from_dict(values)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     train_fewshot(config, run_dir)
-    print(f"finished {run_dir}")
+    if distributed.is_main():
+        print(f"finished {run_dir}")
 
 
 def command_eval(args) -> None:

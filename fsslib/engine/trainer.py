@@ -14,6 +14,7 @@ the same weights as an uninterrupted one. Ctrl-C saves a checkpoint before stopp
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -26,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from ..runtime import default_device
 
 
@@ -65,6 +68,9 @@ class TrainConfig:
     #: Channels-last memory format for the model's convolutions (faster with oneDNN on CPU and with
     #: tensor cores on CUDA; the results are the same up to float rounding).
     channels_last: bool = False
+    #: Split each rank's share of a step's episodes into this many chunks whose gradients are
+    #: accumulated (memory); accumulate=N in one process = N torchrun processes, same global batch.
+    accumulate: int = 1
     #: Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); ignored on CPU.
     amp: bool = True
     seed: int = 0
@@ -79,6 +85,8 @@ class TrainConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
         if self.schedule == "step" and self.step_size <= 0:
             raise ValueError("schedule='step' needs step_size > 0")
 
@@ -190,19 +198,32 @@ class Trainer:
         """Train to ``config.steps`` (resuming if a checkpoint exists); returns the model.
 
         ``stop_after`` ends the call after that many steps, checkpointing first (used to test
-        resumption; an interrupted run behaves the same).
+        resumption; an interrupted run behaves the same). Under torchrun every rank calls this;
+        rank 0 owns the run directory (see ``engine.distributed``).
         """
-        config = self.config
-        self._check_config()
+        if distributed.is_main():
+            self._check_config()
+        distributed.barrier()
         if self.finished:
             return self._load_finished()
-        with RunLock(self.run_dir):
-            return self._fit(progress, stop_after)
+        with RunLock(self.run_dir) if distributed.is_main() else contextlib.nullcontext():
+            return self._fit(progress and distributed.is_main(), stop_after)
 
     def _load_finished(self) -> nn.Module:
         model = self.model.to(self.device)
         model.load_state_dict(torch.load(self.run_dir / "model.pt", map_location=self.device, weights_only=True))
         return model
+
+    def _episode_indices(self, first_step: int) -> list[int]:
+        """Dataset items of this rank from ``first_step`` on: step ``s`` is items ``s*B .. s*B+B-1``
+        of the global batch ``B``, and rank ``r`` takes the ``r``-th of ``world`` equal slices."""
+        config, world = self.config, distributed.world_size()
+        if config.batch_size % (world * config.accumulate):
+            raise ValueError(f"batch_size={config.batch_size} (the global batch) must be divisible by world size "
+                             f"{world} x accumulate {config.accumulate}")
+        share = config.batch_size // world
+        offset = distributed.rank() * share
+        return [s * config.batch_size + offset + j for s in range(first_step, config.steps) for j in range(share)]
 
     def _fit(self, progress: bool, stop_after: int | None) -> nn.Module:
         from tqdm.auto import tqdm
@@ -211,16 +232,18 @@ class Trainer:
         model = self.model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if self.finished:  # another process finished it while we waited for nothing: take its weights
-            return self._load_finished()
         optimizer = build_optimizer(config, model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(config, s))
         step, rng_states = self._resume(model, optimizer, scheduler)
+        # DDP broadcasts rank 0's weights and averages gradients; some switches leave parameters
+        # unused in a forward pass (e.g. an auxiliary classifier with its loss off).
+        net = DistributedDataParallel(model, find_unused_parameters=True) if distributed.world_size() > 1 else model
         amp_dtype = self._amp_dtype()
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-        loader = DataLoader(self.dataset, batch_size=config.batch_size, collate_fn=self.collate_fn,
-                            sampler=range(step * config.batch_size, config.steps * config.batch_size),
+        micro_batch = config.batch_size // (distributed.world_size() * config.accumulate)
+        loader = DataLoader(self.dataset, batch_size=micro_batch, collate_fn=self.collate_fn,
+                            sampler=self._episode_indices(step),
                             num_workers=config.num_workers, pin_memory=self.device.type == "cuda")
         batches = iter(loader)  # creating it draws a seed from torch's RNG, so restore RNG states after
         if rng_states is not None:
@@ -230,15 +253,21 @@ class Trainer:
         model.train()
         bar = tqdm(total=config.steps, initial=step, desc=self.run_dir.name, disable=not progress, leave=False)
         try:
-            for batch in batches:
-                if step >= last_step:
-                    break
-                batch = to_device(batch, self.device)
-                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    output = model(batch)
-                    loss, parts = model.loss(output, batch)
+            while step < last_step:
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                loss_sum, parts_sum = torch.zeros((), device=self.device), {}
+                for chunk in range(config.accumulate):
+                    batch = to_device(next(batches), self.device)
+                    # Gradients are exchanged once per step, after the last chunk.
+                    last_chunk = chunk == config.accumulate - 1
+                    with net.no_sync() if net is not model and not last_chunk else contextlib.nullcontext():
+                        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            output = net(batch)
+                            loss, parts = model.loss(output, batch)
+                        scaler.scale(loss / config.accumulate).backward()
+                    loss_sum += loss.detach() / config.accumulate
+                    for name, value in parts.items():
+                        parts_sum[name] = parts_sum.get(name, 0.0) + value / config.accumulate
                 if config.grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -248,14 +277,16 @@ class Trainer:
                 step += 1
                 bar.update()
                 if step % config.log_every == 0 or step == config.steps:
-                    log.writerow({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                                  "seconds": round(time.perf_counter() - started, 2), **parts})
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    loss_value = distributed.mean_over_ranks(loss_sum).item()  # every rank takes part
+                    if distributed.is_main():
+                        log.writerow({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                                      "seconds": round(time.perf_counter() - started, 2), **parts_sum})
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
                 if step % config.checkpoint_every == 0 and step < config.steps:
                     self._checkpoint(model, optimizer, scheduler, step)
             if step < config.steps:
                 self._checkpoint(model, optimizer, scheduler, step)
-            else:
+            elif distributed.is_main():
                 _atomic_save(model.state_dict(), self.run_dir / "model.pt")
                 (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
         except KeyboardInterrupt:
@@ -264,6 +295,7 @@ class Trainer:
         finally:
             bar.close()
             self._log_file.close()
+        distributed.barrier()
         return model
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -287,15 +319,17 @@ class Trainer:
 
     def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
         self._log_file.flush()
+        if not distributed.is_main():
+            return
         _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "step": step, "rng": _rng_states()},
                      self.run_dir / "checkpoint.pt")
 
     def _open_log(self, step: int):
         """Open ``log.csv``, dropping rows logged after the checkpoint we resume from."""
-        path = self.run_dir / "log.csv"
+        path = self.run_dir / "log.csv" if distributed.is_main() else Path(os.devnull)
         rows = []
-        if path.exists() and step > 0:
+        if path.is_file() and step > 0:
             with open(path) as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
         self._log_file = open(path, "w", newline="")
