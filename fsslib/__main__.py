@@ -131,6 +131,22 @@ def command_ablation(args) -> None:
     print(table)
 
 
+def command_bench(args) -> None:
+    import os
+
+    import torch
+
+    from .experiments.bench import BENCH_SETTINGS, format_bench, inference_rows, training_rows
+    from .runtime import default_device
+
+    methods = args.methods.split(",") if args.methods else ["protonet", *BENCH_SETTINGS]
+    print(f"device: {default_device(args.device)}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} intra-op threads\n", flush=True)
+    inference = inference_rows([m for m in methods if m in BENCH_SETTINGS], repeats=args.repeats, device=args.device)
+    training = training_rows(methods, device=args.device)
+    print(format_bench(inference, training, images=args.images, episodes=args.episodes))
+
+
 def command_prepare(args) -> None:
     from .data import build_source
     from .data.summary import fold_summary, split_sizes
@@ -162,12 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("overrides", nargs="*", help="protocol key=value")
     ablation.add_argument("--seeds", default="0,1,2", help="training seeds, paired across variants")
     ablation.add_argument("--fold", type=int, default=0)
+    bench = commands.add_parser("bench", help="speed and memory ratios of every method")
+    bench.add_argument("--methods", help="comma-separated (default: all)")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--device")
+    bench.add_argument("--images", type=int, default=500, help="test images of the evaluation protocol")
+    bench.add_argument("--episodes", type=int, default=5000, help="episodes of the evaluation protocol")
     reproduce = commands.add_parser("reproduce", help="the main job on the synthetic benchmark")
     reproduce.add_argument("--profile", default="default", choices=("fast", "default", "full"))
 
     args = parser.parse_args(argv)
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
-                "baselines": command_baselines, "ablation": command_ablation}
+                "baselines": command_baselines, "ablation": command_ablation, "bench": command_bench}
     try:
         if args.command == "reproduce":
             from .experiments.reproduce import reproduce

@@ -1,0 +1,230 @@
+"""``python -m fsslib bench``: speed and memory as ratios that do not depend on the machine.
+
+Three measurements, each printed as a table:
+
+1. **Inference per episode** of every method (random weights, eval mode, one episode, supports
+   and query in one batched backbone call) divided by one plain forward of *its* backbone on one
+   image of the same size: ResNet-50 at 473x473 for SSP, PFENet, MSPF and MSDNet, VGG-16 at
+   417x417 for PANet. An episode needs K+1 passes through the stages the method reads (SSP stops
+   at layer3): that is the floor of the ratio.
+   A second column divides by a torchvision ResNet-50 forward at 473 (not dilated),
+   the denominator of the authors'-implementation ratios in :data:`AUTHORS_RATIOS`.
+2. **Evaluation with the frozen-feature cache** (``engine.feature_cache``) vs features recomputed
+   per episode, for a protocol of ``episodes x seeds`` episodes served by ``images`` test images
+   (a PASCAL-5i fold: a few hundred images). Computed from measured times: without the cache
+   every episode costs a full forward; with it, each image is extracted once and each episode
+   costs the head on cached features. For PFENet and MSPF the head includes layer4 of the
+   masked support features (their prior needs it), which no cache can hold.
+3. **Training step** time and peak memory of each method under its synthetic-benchmark recipe
+   (8 one-shot episodes, 128x128, the small backbone), each method in a fresh process so its
+   peak resident memory (or peak CUDA memory) is its own.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..models import build_model
+from ..runtime import default_device
+
+#: Authors' implementations on this project's CPU, per-episode time / torchvision ResNet-50
+#: forward at 473x473 (1-shot, 5-shot); from the scale-and-speed issue.
+AUTHORS_RATIOS = {"ssp": (5.6, 11.5), "panet": (8.3, 36.6), "pfenet": (10.9, 31.3), "msdnet": (10.2, 41.0)}
+#: Backbone and input size of each method in the inference benchmark.
+BENCH_SETTINGS = {"panet": ("vgg16", 417), "ssp": ("resnet50", 473), "pfenet": ("resnet50", 473),
+                  "mspf": ("resnet50", 473), "msdnet": ("resnet50", 473)}
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, oneDNN kernels, cuDNN autotuning)
+    times = []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _episode(size: int, shot: int, device) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(1, shot, size, size, dtype=torch.long)
+    masks[..., size // 4: 3 * size // 4, size // 3: 2 * size // 3] = 1
+    return {"query_img": torch.randn(1, 3, size, size, generator=generator).to(device),
+            "support_imgs": torch.randn(1, shot, 3, size, size, generator=generator).to(device),
+            "support_masks": masks.to(device), "support_classes": torch.ones(1, 1, dtype=torch.long, device=device)}
+
+
+@dataclass
+class InferenceRow:
+    method: str
+    shot: int
+    episode_s: float
+    backbone_s: float
+    torchvision_s: float
+    extract_s: float
+    head_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.episode_s / self.backbone_s
+
+    @property
+    def floor(self) -> float:
+        """K+1 passes through the stages the method reads, in units of a full backbone forward."""
+        return (self.shot + 1) * self.extract_s / self.backbone_s
+
+    @property
+    def ratio_torchvision(self) -> float:
+        return self.episode_s / self.torchvision_s
+
+    def cache_speedup(self, images: int, episodes: int) -> float:
+        return episodes * self.episode_s / (images * self.extract_s + episodes * self.head_s)
+
+
+@torch.inference_mode()
+def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3, device=None,
+                   size: int | None = None) -> list[InferenceRow]:
+    """Time every method; ``size`` replaces the methods' input sizes (a quick check, not the benchmark)."""
+    import torchvision
+
+    device = default_device(device)
+    tv_resnet = torchvision.models.resnet50(weights=None).to(device).eval()
+    tv_time = _median_time(lambda: tv_resnet(torch.randn(1, 3, 473, 473, device=device)), repeats)
+    rows = []
+    for method in methods:
+        backbone, method_size = BENCH_SETTINGS[method]
+        method_size = size or method_size
+        torch.manual_seed(0)
+        model = build_model(method, backbone=backbone, weights=None).to(device).eval()
+        image = torch.randn(1, 3, method_size, method_size, device=device)
+        last_stage = model.backbone.stage_names[-1]
+        backbone_time = _median_time(lambda: model.backbone(image, upto=last_stage), repeats)
+        extract_time = _median_time(lambda: model.extract(image), repeats)
+        for shot in shots:
+            batch = _episode(method_size, shot, device)
+            episode_time = _median_time(lambda: model(batch), repeats)
+            query_feats, support_feats = model.episode_features(batch)
+            head_time = _median_time(lambda: model.head(query_feats, support_feats, batch["support_masks"], 1,
+                                                        (method_size, method_size)), repeats)
+            rows.append(InferenceRow(method, shot, episode_time, backbone_time, tv_time, extract_time, head_time))
+    return rows
+
+
+def _train_step_worker(method: str, device: str, steps: int, queue) -> None:
+    try:
+        queue.put(_train_step(method, device, steps))
+    except Exception as error:  # reported by the parent with the method's name
+        queue.put(error)
+
+
+def _train_step(method: str, device: str, steps: int) -> tuple:
+    from ..engine.trainer import build_optimizer, to_device
+    from .configs import SYNTHETIC_BACKBONE, METHOD_BACKBONE, METHOD_TRAINING
+
+    torch.manual_seed(0)
+    model = build_model(method, **{**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(method, {})}).to(device)
+    training = METHOD_TRAINING.get(method, {})
+    if training.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = build_optimizer(_TrainArgs(), model)
+    batch = to_device(_synthetic_batch(8), torch.device(device))
+    cached = training.get("cache_features", False)
+    if cached:  # the recipe trains on cached features: the backbone is not part of the step
+        with torch.no_grad():
+            query_feats, support_feats = model.episode_features(batch)
+        batch = {**batch, "query_feats": query_feats, "support_feats": support_feats}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        output = model(batch)
+        loss, _ = model.loss(output, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = _median_time(step, steps)
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _peak_resident_bytes()
+    return seconds, peak, cached, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _peak_resident_bytes() -> int:
+    """Peak resident memory of this process. ``VmHWM`` belongs to the process image (getrusage's
+    ``ru_maxrss`` survives exec and would report the parent's peak in a spawned child)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class _TrainArgs:
+    optimizer: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+
+
+def _synthetic_batch(episodes: int, size: int = 128) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(episodes, 1, size, size, dtype=torch.long)
+    masks[..., 32:96, 40:88] = 1
+    return {"query_img": torch.randn(episodes, 3, size, size, generator=generator),
+            "support_imgs": torch.randn(episodes, 1, 3, size, size, generator=generator),
+            "support_masks": masks, "query_mask": masks[:, 0].clone(),
+            "support_classes": torch.ones(episodes, 1, dtype=torch.long)}
+
+
+def training_rows(methods=("protonet", "panet", "ssp", "pfenet", "mspf", "msdnet"), steps: int = 5, device=None):
+    """``[(method, seconds per step, peak bytes, cached features?, learnable parameters)]``."""
+    device = str(default_device(device))
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for method in methods:
+        queue = context.Queue()
+        process = context.Process(target=_train_step_worker, args=(method, device, steps, queue))
+        process.start()
+        process.join()
+        result = queue.get() if not queue.empty() else RuntimeError(f"exit code {process.exitcode}")
+        if isinstance(result, Exception):
+            raise RuntimeError(f"training-step benchmark of {method} failed: {result}")
+        rows.append((method, *result))
+    return rows
+
+
+def format_bench(inference: list[InferenceRow], training, images: int = 500, episodes: int = 5000) -> str:
+    lines = ["Inference per episode (random weights, one episode, eval mode):", "",
+             "| method | shot | ms / episode | ÷ own backbone forward | floor: K+1 passes | ÷ torchvision R50 | authors ÷ torchvision R50 |",
+             "|---|---|---|---|---|---|---|"]
+    for row in inference:
+        authors = AUTHORS_RATIOS.get(row.method)
+        reference = f"{authors[0 if row.shot == 1 else 1]:.1f}" if authors and row.shot in (1, 5) else "-"
+        lines.append(f"| {row.method} | {row.shot} | {1000 * row.episode_s:.0f} | {row.ratio:.2f} | {row.floor:.2f} "
+                     f"| {row.ratio_torchvision:.2f} | {reference} |")
+    lines += ["", f"Evaluation, {episodes} episodes ({episodes // 1000} seeds x 1000) served by {images} test images: "
+              "feature cache vs features per episode:", "",
+              "| method | shot | speed-up with the cache |", "|---|---|---|"]
+    for row in inference:
+        lines.append(f"| {row.method} | {row.shot} | {row.cache_speedup(images, episodes):.1f}x |")
+    lines += ["", "Training step (synthetic recipe: 8 one-shot episodes at 128x128, small backbone):", "",
+              "| method | s / step | peak memory (MiB) | head on cached features | learnable parameters |",
+              "|---|---|---|---|---|"]
+    for method, seconds, peak, cached, params in training:
+        lines.append(f"| {method} | {seconds:.3f} | {peak / 2**20:.0f} | {'yes' if cached else 'no'} | {params:,} |")
+    return "\n".join(lines)
