@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--episodes", type=int, default=5000, help="episodes of the evaluation protocol")
     reproduce = commands.add_parser("reproduce", help="the main job on the synthetic benchmark")
     reproduce.add_argument("--profile", default="default", choices=("fast", "default", "full"))
+    reproduce.add_argument("--jobs", type=int, help="worker processes (default: the profile's, 2 for default/full)")
 
     args = parser.parse_args(argv)
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reproduce":
             from .experiments.reproduce import reproduce
 
-            reproduce(args.profile)
+            if reproduce(args.profile, args.jobs):
+                return 1  # the failures were listed; every other result was written
         else:
             handlers[args.command](args)
     except (DatasetError, ValueError, FileNotFoundError) as e:

@@ -58,12 +58,3 @@ def test_values_parse_as_json_or_lists():
 def test_the_module_entry_point_exits_with_a_line_not_a_traceback():
     result = subprocess.run([sys.executable, "-m", "fsslib", "eval", "/nonexistent"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("error: no run at") and "Traceback" not in result.stderr
-
-
-def test_reproduce_fast_prints_the_summary_and_draws_the_episodes(synthetic_source, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FSSLIB_DATA", str(synthetic_source.root.parent))
-    monkeypatch.setenv("FSSLIB_FIGURES", str(tmp_path))
-    monkeypatch.setenv("FSSLIB_FAST", "1")  # reproduce sets it; monkeypatch restores the old value after
-    assert main(["reproduce", "--profile", "fast"]) == 0
-    out = capsys.readouterr().out
-    assert "classes: 20" in out and "novel classes" in out and (tmp_path / "episodes.png").exists()

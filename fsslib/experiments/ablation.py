@@ -51,17 +51,22 @@ class Variant:
     trained_as: str | None = None
 
 
-def _slug(variant: Variant) -> str:
-    """Run-directory name: readable, and unique for the training-relevant fields."""
-    key = json.dumps({"model": variant.model, "model_args": variant.model_args, "train_args": variant.train_args},
-                     sort_keys=True, default=str)
+def _slug(variant: Variant, recipe_args: dict | None = None) -> str:
+    """Run-directory name: readable, and unique for the training-relevant fields. ``recipe_args``
+    (a profile's changes to the recipe, e.g. fewer steps) enter the name only when given, so the
+    runs of the standard recipe keep their names."""
+    fields_ = {"model": variant.model, "model_args": variant.model_args, "train_args": variant.train_args}
+    if recipe_args:
+        fields_["recipe"] = recipe_args
+    key = json.dumps(fields_, sort_keys=True, default=str)
     return f"{variant.model}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
-def variant_run_dir(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0) -> Path:
+def variant_run_dir(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0,
+                    recipe_args: dict | None = None) -> Path:
     """Where the training run of ``variant`` for one seed lives."""
     suffix = "-fast" if fast_mode() else ""
-    return runs_dir() / "ablation" / f"{_slug(variant)}-fold{fold}-seed{seed}-pre{pretrain_seed}{suffix}"
+    return runs_dir() / "ablation" / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}-pre{pretrain_seed}{suffix}"
 
 
 def results_dir(name: str) -> Path:
@@ -69,20 +74,24 @@ def results_dir(name: str) -> Path:
     return runs_dir().parent / "results" / name
 
 
-def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False):
+def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False,
+                  recipe_args: dict | None = None):
     """Train (or load) ``variant`` for one training seed; returns the model."""
     config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, progress=progress,
                               **variant.model_args)
-    config = replace(config, **variant.train_args)
-    return train_fewshot(config, variant_run_dir(variant, fold, seed, pretrain_seed), progress=progress)
+    config = replace(config, **(recipe_args or {}), **variant.train_args)
+    return train_fewshot(config, variant_run_dir(variant, fold, seed, pretrain_seed, recipe_args), progress=progress)
 
 
 def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protocol: EvalProtocol = EvalProtocol(),
-                 results: str | Path | None = None, pretrain_seed: int = 0, progress: bool = True) -> pd.DataFrame:
+                 results: str | Path | None = None, pretrain_seed: int = 0, progress: bool = True,
+                 recipe_args: dict | None = None) -> pd.DataFrame:
     """Train every variant for every seed, evaluate it, and return the IoU rows of all of them.
 
     Rows carry ``train_seed`` beside the protocol's evaluation ``seed``. With ``results`` (a
     folder) every (variant, seed) evaluation is saved as CSV and reused on the next call.
+    ``recipe_args`` change the training recipe of every variant (a reproduce profile's steps).
+    Failures are listed in ``rows.attrs["failures"]``.
     """
     from tqdm.auto import tqdm
 
@@ -97,14 +106,14 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     frames, failures = [], []
     jobs = [(v, s) for s in seeds for v in variants]
     for variant, seed in tqdm(jobs, desc="ablation", disable=not progress):
-        cached = results / f"{_slug(variant)}-{_eval_key(variant, protocol)}-fold{fold}-seed{seed}-pre{pretrain_seed}.csv" \
+        cached = results / f"{_slug(variant, recipe_args)}-{_eval_key(variant, protocol)}-fold{fold}-seed{seed}-pre{pretrain_seed}.csv" \
             if results else None
         if cached and cached.exists():
             frames.append(pd.read_csv(cached).assign(method=variant.name))
             continue
         try:
             trained = by_name[variant.trained_as] if variant.trained_as else variant
-            model = train_variant(trained, fold, seed, pretrain_seed)
+            model = train_variant(trained, fold, seed, pretrain_seed, recipe_args=recipe_args)
             for key, value in variant.eval_args.items():
                 if not hasattr(model.config, key):
                     raise ValueError(f"eval_args key '{key}' is not a config field of {variant.model}")
@@ -121,7 +130,8 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     for name, seed, message, _ in failures:
         print(f"FAILED {name} (seed {seed}): {message}")
     if not frames:
-        raise RuntimeError("every variant failed; see the messages above")
+        raise RuntimeError("every variant failed: " + "; ".join(f"{name} (seed {seed}): {message}"
+                                                                for name, seed, message, _ in failures))
     out = pd.concat(frames, ignore_index=True)
     out.attrs["failures"] = failures
     return out

@@ -1,21 +1,191 @@
-"""``python -m fsslib reproduce``: the main job on the embedded synthetic benchmark.
+"""``python -m fsslib reproduce [--profile fast|default|full]``: the main job on the synthetic benchmark.
 
-Stage 1 (this version): generate the benchmark once, print its summary and draw example
-episodes to ``figures/episodes.png``. Training and evaluating every method follows in later stages.
+1. Generate the benchmark (once) and draw example episodes.
+2. Pre-train the small backbone of every fold of the profile (once per fold).
+3. Train every method and every ablation variant for the profile's training seeds: one *job* per
+   distinct training run (a run shared by several tables, e.g. MSPF's full model in the main
+   comparison and in its Tables 3-5, is one job), each job followed by the evaluations of every
+   table row that uses its weights (evaluations are stored once per run and protocol, so a row
+   shared by several tables is evaluated once). Jobs run in ``--jobs`` worker processes, one intra-op thread
+   each (on a 2-core machine, two single-threaded processes are ~2x faster than one with two
+   threads). Finished runs and evaluations are files, so a rerun skips them and an interrupted
+   reproduce continues where it stopped; a failed job is reported at the end and the others
+   still complete.
+4. Collect the tables (one protocol, identical test episodes for every method: 1000 episodes,
+   1-shot and 5-shot) into ``results/tables.md`` and the raw IoU rows into ``results/<table>.csv``,
+   and draw the figures (bar charts with intervals, learning curves, qualitative predictions).
+
+Profiles (:data:`PROFILES`): ``fast`` for the tests (tiny benchmark, a few steps, one seed),
+``default`` (fold 0, seeds 0-2, a shortened recipe so that the whole job stays under 45 minutes
+on a 2-core CPU), ``full`` (folds 0-3, seeds 0-2, the standard 1000-step recipe of
+:func:`fsslib.experiments.configs.synthetic_recipe`, the recipe of ``python -m fsslib ablation``).
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
 
 from ..analysis.plotting import episode_grid, save_figure
-from ..data import (DEFAULT_SIZES, EpisodeDataset, EpisodePool, prepare_synthetic, sample_episodes,
-                    synthetic_class_name, eval_transform)
+from ..data import (DEFAULT_SIZES, EpisodeDataset, EpisodePool, eval_transform, prepare_synthetic, sample_episodes,
+                    synthetic_class_name)
 from ..data.summary import fold_summary, split_sizes
+from ..engine.protocol import EvalProtocol
+from ..engine.trainer import runs_dir
+from ..runtime import fast_mode
+from .ablation import Variant, _slug, run_ablation
 
-PROFILES = ("fast", "default", "full")
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    folds: tuple[int, ...]
+    seeds: tuple[int, ...]
+    #: TrainConfig overrides of the standard recipe ({} = the standard recipe).
+    recipe: dict = field(default_factory=dict)
+    episodes: int = 1000
+    shots: tuple[int, ...] = (1, 5)
+    jobs: int = 2
 
 
+#: ``default`` fits 54 training runs and 87 evaluations in 45 minutes of a 2-core CPU: 150 steps
+#: (of 8 episodes) instead of 1000, and 500 test episodes per shot instead of 1000. ``fast`` runs
+#: the FSSLIB_FAST recipe (6 steps of 2 episodes) on the tiny benchmark.
+PROFILES = {
+    "fast": Profile("fast", folds=(0,), seeds=(0,), episodes=8, shots=(1, 5), jobs=1),
+    "default": Profile("default", folds=(0,), seeds=(0, 1, 2), recipe={"steps": 150}, episodes=500),
+    "full": Profile("full", folds=(0, 1, 2, 3), seeds=(0, 1, 2)),
+}
+
+
+def results_root(profile: Profile) -> Path:
+    """``results/`` for the default profile (what the README shows), ``results/<profile>/`` otherwise."""
+    root = runs_dir().parent / "results"
+    return root if profile.name == "default" else root / profile.name
+
+
+# ---------------------------------------------------------------------- the tables
+@dataclass(frozen=True)
+class Table:
+    key: str
+    title: str
+    variants: list[Variant]
+    references: dict[str, str]
+
+
+def tables() -> list[Table]:
+    """Every table of ``results/tables.md``, in order (the main comparison first)."""
+    from .tables.main import MAIN_REFERENCES, MAIN_VARIANTS
+    from .tables.mspf import MSPF_TABLES
+    from .tables.panet import PANET_REFERENCES, PANET_VARIANTS
+    from .tables.ssp import SSP_REFERENCES, SSP_VARIANTS
+
+    mspf_titles = {"table3": "MSPF Table 3: multi-scale prior and multi-scale fusion",
+                   "table4": "MSPF Table 4: interaction between scales",
+                   "table5": "MSPF Table 5: auxiliary loss",
+                   "pfenet": "MSPF vs PFENet"}
+    return [Table("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES),
+            Table("panet", "PANet: prototype alignment (PAR) and weak annotations", PANET_VARIANTS, PANET_REFERENCES),
+            Table("ssp", "SSP: self-support components", SSP_VARIANTS, SSP_REFERENCES),
+            *[Table(f"mspf_{key}", mspf_titles[key], variants, refs) for key, (variants, refs) in MSPF_TABLES.items()]]
+
+
+@dataclass
+class Job:
+    """One training run and the evaluations of every table row that uses its weights."""
+
+    slug: str
+    fold: int
+    seed: int
+    #: ``[(table key, [row names])]``
+    rows: list[tuple[str, list[str]]]
+    model: str
+
+
+def plan_jobs(profile: Profile) -> list[Job]:
+    by_key: dict[tuple, Job] = {}
+    for table in tables():
+        names = {v.name: v for v in table.variants}
+        for variant in table.variants:
+            trained = names[variant.trained_as] if variant.trained_as else variant
+            for fold in profile.folds:
+                for seed in profile.seeds:
+                    key = (_slug(trained, profile.recipe), fold, seed)
+                    job = by_key.setdefault(key, Job(key[0], fold, seed, [], trained.model))
+                    for table_key, rows in job.rows:
+                        if table_key == table.key:
+                            rows.append(variant.name)
+                            break
+                    else:
+                        job.rows.append((table.key, [variant.name]))
+    # Slowest first, so that two workers finish together (MSDNet and SSP train the longest).
+    cost = {"msdnet": 4, "ssp": 3, "panet": 2, "protonet": 2, "pfenet": 1, "mspf": 1}
+    return sorted(by_key.values(), key=lambda j: (-cost.get(j.model, 1), j.seed, j.fold))
+
+
+def protocol_of(profile: Profile) -> EvalProtocol:
+    return EvalProtocol(episodes=profile.episodes, seeds=(0,), shots=profile.shots)
+
+
+def run_job(job: Job, profile: Profile) -> list[str]:
+    """Train and evaluate one job (in a worker process); returns the failures as messages."""
+    import torch
+
+    torch.set_num_threads(1)
+    if profile.name == "fast":
+        os.environ["FSSLIB_FAST"] = "1"
+    by_key = {t.key: t for t in tables()}
+    failures = []
+    for table_key, names in job.rows:
+        table = by_key[table_key]
+        rows_of = {v.name: v for v in table.variants}
+        try:
+            rows = run_ablation([rows_of[n] for n in names] + _trained_rows(table, names), fold=job.fold,
+                                seeds=(job.seed,), protocol=protocol_of(profile),
+                                results=results_root(profile) / "evaluations", progress=False,
+                                recipe_args=profile.recipe)
+            failures += [f"{table.title} / {name} (fold {job.fold}, seed {seed}): {message}"
+                         for name, seed, message, _ in rows.attrs.get("failures", [])]
+        except Exception as error:  # noqa: BLE001 - reported at the end, the other jobs go on
+            failures.append(f"{table.title} / {names} (fold {job.fold}, seed {job.seed}): "
+                            f"{type(error).__name__}: {error}")
+    return failures
+
+
+def _trained_rows(table: Table, names: list[str]) -> list[Variant]:
+    """Rows that ``names`` evaluate with the weights of (``trained_as``) but are not listed themselves."""
+    by_name = {v.name: v for v in table.variants}
+    extra = {by_name[n].trained_as for n in names if by_name[n].trained_as} - set(names)
+    return [by_name[n] for n in sorted(extra)]
+
+
+def _run_job_star(args):
+    return run_job(*args)
+
+
+def run_jobs(jobs: list[Job], profile: Profile, workers: int) -> list[str]:
+    from tqdm.auto import tqdm
+
+    failures: list[str] = []
+    if workers <= 1:
+        for job in tqdm(jobs, desc="training runs"):
+            failures += run_job(job, profile)
+        return failures
+    # Workers are fresh interpreters (spawn) with one intra-op thread each.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, maxtasksperchild=1) as pool:
+        for result in tqdm(pool.imap_unordered(_run_job_star, [(job, profile) for job in jobs]), total=len(jobs),
+                           desc=f"training runs ({workers} workers)"):
+            failures += result
+    return failures
+
+
+# ---------------------------------------------------------------------- entry point
 def draw_example_episodes(source, fold: int = 0, n: int = 4, seed: int = 0):
     """A few 1-shot and one 2-way 2-shot test episodes of ``fold``: the grid notebook 01 also draws."""
     pool = EpisodePool.for_fold(source, fold, "val")
@@ -27,10 +197,15 @@ def draw_example_episodes(source, fold: int = 0, n: int = 4, seed: int = 0):
     return episode_grid(items, synthetic_class_name, title=f"synthetic benchmark, fold {fold} test episodes")
 
 
-def reproduce(profile: str = "default") -> None:
-    if profile not in PROFILES:
-        raise SystemExit(f"--profile must be one of {PROFILES}, got {profile!r}")
-    if profile == "fast":
+def reproduce(profile_name: str = "default", jobs: int | None = None) -> list[str]:
+    """Run the whole pipeline of ``profile_name``; returns the failures (also printed)."""
+    from ..engine.pretrain import pretrained_backbone
+    from .report import write_report
+
+    if profile_name not in PROFILES:
+        raise ValueError(f"--profile must be one of {sorted(PROFILES)}, got {profile_name!r}")
+    profile = PROFILES[profile_name]
+    if profile.name == "fast":
         os.environ["FSSLIB_FAST"] = "1"
     start = time.perf_counter()
     source = prepare_synthetic()
@@ -38,5 +213,23 @@ def reproduce(profile: str = "default") -> None:
     print(f"classes: {source.num_classes} = 5 shapes x 4 appearances")
     print("images per split:", ", ".join(f"{k} {v}" for k, v in split_sizes(source).items()))
     print(fold_summary(source).to_string())
-    path = save_figure(draw_example_episodes(source), "episodes.png")
-    print(f"wrote {path}")
+    print(f"wrote {save_figure(draw_example_episodes(source), 'episodes.png')}")
+
+    for fold in profile.folds:
+        pretrained_backbone(fold, 0, progress=True)
+    print(f"pre-trained backbones ready ({time.perf_counter() - start:.0f} s)")
+
+    planned = plan_jobs(profile)
+    print(f"{len(planned)} training runs ({len(profile.folds)} fold(s) x {len(profile.seeds)} seed(s)), "
+          f"recipe changes: {profile.recipe or 'none'}")
+    failures = run_jobs(planned, profile, jobs if jobs is not None else profile.jobs)
+    print(f"training and evaluation done ({time.perf_counter() - start:.0f} s)")
+
+    write_report(profile, source)
+    elapsed = time.perf_counter() - start
+    print(f"reproduce --profile {profile.name}: {elapsed / 60:.1f} min wall time")
+    if failures:
+        print(f"\n{len(failures)} failure(s):")
+        for message in failures:
+            print(f"FAILED {message}")
+    return failures

@@ -8,15 +8,19 @@ prototype matching on the same training episodes and test episodes.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..ablation import Variant
 from .mspf import MSPF_FULL, PFENET
 from .panet import PANET_VARIANTS
 from .ssp import SSP_ROW, SSP_VARIANTS
 
 PROTONET = Variant("ProtoNet (MAP + cosine)", "protonet", {})
-PANET = next(v for v in PANET_VARIANTS if v.name == "PANet, PAR on")
-SSP = next(v for v in SSP_VARIANTS if v.name == SSP_ROW)
+# Renamed copies: a run is identified by the method and its arguments, not the row's name.
+PANET = replace(next(v for v in PANET_VARIANTS if v.name == "PANet, PAR on"), name="PANet (PAR on)")
+SSP = replace(next(v for v in SSP_VARIANTS if v.name == SSP_ROW), name="SSP")
+MSPF = replace(MSPF_FULL, name="MSPF")
 MSDNET = Variant("MSDNet", "msdnet", {})
 
-MAIN_VARIANTS = [PROTONET, PANET, SSP, PFENET, MSPF_FULL, MSDNET]
+MAIN_VARIANTS = [PROTONET, PANET, SSP, PFENET, MSPF, MSDNET]
 MAIN_REFERENCES = {v.name: PROTONET.name for v in MAIN_VARIANTS[1:]}

@@ -1,0 +1,270 @@
+"""The tables and figures of ``reproduce``: ``results/tables.md``, ``results/<table>.csv``, ``figures/*.png``.
+
+Everything here reads finished runs and stored evaluations; it trains nothing that the jobs of
+:mod:`fsslib.experiments.reproduce` did not already train (a job that failed is retried once here,
+in this process, and reported again if it fails).
+
+Every mIoU is the class-wise accumulated IoU of the common evaluator, averaged over a fold's
+test classes; each row gives the mean and 95% t-interval over training seeds, and the paired
+difference to its reference row (same training seed, same test episodes) with its interval. A row
+whose difference interval contains zero is marked *not resolved*. The paper columns are the
+papers' numbers on PASCAL-5i (MSDNet: COCO-20i, the only one published for it): a different
+dataset, shown for the direction and size of effects, not for comparison of values.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..analysis.plotting import overlay, save_figure
+from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
+from ..engine.protocol import interval95, with_interval
+from ..engine.trainer import read_log
+from ..models import build_model
+from ..reference import published
+from .ablation import ablation_table, format_ablation, per_training_seed, run_ablation, train_variant, variant_run_dir
+from .configs import METHOD_BACKBONE, SYNTHETIC_BACKBONE
+
+# ---------------------------------------------------------------------- the papers' numbers
+PAPER_NOTE = "paper: PASCAL-5i, ResNet-50 unless noted (a different dataset)"
+
+
+def paper_value(table_key: str, variant, shot: int) -> str:
+    """The paper's number for a row of one of our tables, or "" when the paper has none."""
+    from .tables.mspf import paper_miou
+
+    name = variant.name
+    if table_key == "main":
+        shot_key = f"pascal5i_{shot}shot"
+        if variant.model in ("panet", "pfenet", "mspf") and shot_key in published({"panet": "PANet", "pfenet": "PFENet",
+                                                                                    "mspf": "MSPF"}[variant.model]):
+            entry = published({"panet": "PANet", "pfenet": "PFENet", "mspf": "MSPF"}[variant.model])[shot_key]
+            return f"{entry['mean']:.1f}" + (" (VGG-16)" if variant.model == "panet" else "")
+        if variant.model == "ssp":
+            return f"{published('SSP')['pascal5i'][f'SSP_refine_R50_{shot}shot']['mean']:.1f}"
+        if variant.model == "msdnet":
+            return f"COCO-20i {published('MSDNet')['coco20i_interleaved_mean'][f'R50_{shot}shot']:.1f}"
+        return ""
+    if table_key == "panet":
+        panet = published("PANet")
+        column = f"{shot}shot"
+        values = {"PANet, PAR off": panet["ablation_PAR_mean"]["without_PAR"][column],
+                  "PANet, PAR on": panet["ablation_PAR_mean"]["with_PAR"][column],
+                  "PAR on, scribble supports": panet["weak_annotations_mean"]["scribble"][column],
+                  "PAR on, box supports": panet["weak_annotations_mean"]["bbox"][column],
+                  "PAR on, 2-way": panet["pascal5i_2way"][column]["mean"]}
+        return f"{values[name]:.1f} (VGG-16)" if name in values else ""
+    if table_key == "ssp":
+        from .tables.ssp import BASELINE_ROW, SSP_ROW
+
+        key = {BASELINE_ROW: "baseline_noRefine_R50", SSP_ROW: "SSP_refine_R50"}.get(name)
+        return f"{published('SSP')['pascal5i'][f'{key}_{shot}shot']['mean']:.1f}" if key else ""
+    if table_key.startswith("mspf_") and shot == 1:
+        try:
+            return f"{paper_miou(variant, table_key.removeprefix('mspf_')):.1f} (fold 0)"
+        except KeyError:
+            return ""
+    return ""
+
+
+# ---------------------------------------------------------------------- collecting
+def table_rows(table, profile) -> pd.DataFrame:
+    """The IoU rows of every row of ``table`` over the profile's folds and seeds (from stored evaluations)."""
+    from .reproduce import protocol_of, results_root
+
+    frames = []
+    for fold in profile.folds:
+        rows = run_ablation(table.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
+                            results=results_root(profile) / "evaluations", progress=False,
+                            recipe_args=profile.recipe)
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
+
+
+def fb_iou_per_training_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """FB-IoU per (method, fold, shot, train_seed): mean IoU of the background (class 0) and the
+    foreground (class -1) rows, each accumulated over evaluation seeds."""
+    fb = rows[rows["class"] <= 0]
+    sums = fb.groupby(["method", "fold", "shot", "train_seed", "class"], sort=False)[["intersection", "union"]].sum()
+    iou = sums["intersection"] / sums["union"].where(sums["union"] > 0)
+    return (100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()).rename("fbiou").reset_index()
+
+
+def learnable_parameters(variant) -> int:
+    args = {**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(variant.model, {}), **variant.model_args}
+    return build_model(variant.model, **args).learnable_parameters()
+
+
+@torch.inference_mode()
+def ms_per_episode(model, pool: EpisodePool, repeats: int = 5) -> float:
+    """Median wall time of one 1-shot episode (backbone included), on this machine."""
+    batch = collate_episodes([EpisodeDataset(pool, eval_transform(128), episodes=sample_episodes(pool, 1, shot=1))[0]])
+    model = model.eval()
+    model(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(batch)
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def main_table(rows: pd.DataFrame, table, profile, source) -> str:
+    """The main comparison: mIoU per fold and mean, FB-IoU, difference to ProtoNet, parameters, ms/episode."""
+    miou = per_training_seed(rows)
+    fb = fb_iou_per_training_seed(rows)
+    pool = EpisodePool.for_fold(source, profile.folds[0], "val")
+    folds = list(profile.folds)
+    header = (["method", "shot"] + [f"fold {f}" for f in folds] + ["mean mIoU", "FB-IoU", "vs ProtoNet", "",
+                                                                     "learnable params", "ms / episode", "paper"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    reference = table.variants[0].name
+    for variant in table.variants:
+        model = train_variant(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe)
+        params, ms = learnable_parameters(variant), ms_per_episode(model, pool)
+        for shot in profile.shots:
+            mine = miou[(miou.method == variant.name) & (miou.shot == shot)]
+            per_fold = [with_interval(*interval95(mine[mine.fold == f]["miou"])) for f in folds]
+            seed_means = mine.groupby("train_seed")["miou"].mean()
+            fb_means = fb[(fb.method == variant.name) & (fb.shot == shot)].groupby("train_seed")["fbiou"].mean()
+            diff, flag = "", ""
+            if variant.name != reference:
+                ref = miou[(miou.method == reference) & (miou.shot == shot)].groupby("train_seed")["miou"].mean()
+                paired = (seed_means - ref).dropna()
+                d, h = interval95(paired)
+                diff, flag = with_interval(d, h, 2, sign=True), "" if abs(d) > h else "not resolved"
+            cells = [variant.name, str(shot), *per_fold, with_interval(*interval95(seed_means)),
+                     with_interval(*interval95(fb_means)), diff, flag, f"{params / 1e6:.2f}M", f"{ms:.0f}",
+                     paper_value("main", variant, shot)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation_markdown(rows: pd.DataFrame, table) -> str:
+    """``format_ablation`` of a method table (fold by fold), with the paper's column."""
+    result = ablation_table(rows, table.references)
+    order = {v.name: i for i, v in enumerate(table.variants)}
+    result = result.assign(order=result["method"].map(order)).sort_values(["fold", "shot", "order"])
+    lines = format_ablation(result).split("\n")
+    by_name = {v.name: v for v in table.variants}
+    lines[0] += " fold | paper |"
+    lines[1] += "---|---|"
+    for i, r in enumerate(result.itertuples(), start=2):
+        lines[i] += f" {r.fold} | {paper_value(table.key, by_name[r.method], r.shot)} |"
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- figures
+def figure_name(profile, name: str) -> str:
+    return name if profile.name == "default" else f"{profile.name}_{name}"
+
+
+def bar_chart(rows: pd.DataFrame, table, profile) -> Path:
+    import matplotlib.pyplot as plt
+
+    result = ablation_table(rows, table.references)
+    names = [v.name for v in table.variants]
+    fig, axes = plt.subplots(1, len(profile.shots), figsize=(5 * len(profile.shots), 0.35 * len(names) + 1.2),
+                             sharey=True, squeeze=False)
+    for ax, shot in zip(axes[0], profile.shots):
+        part = result[(result.shot == shot) & (result.fold == profile.folds[0])].set_index("method").reindex(names)
+        y = np.arange(len(names))
+        colours = ["tab:grey" if pd.isna(d) else ("tab:blue" if ok else "tab:orange")
+                   for d, ok in zip(part.get("diff", pd.Series(np.nan, index=part.index)),
+                                    part.get("resolved", pd.Series(False, index=part.index)).fillna(False))]
+        ax.barh(y, part["miou"], xerr=part["miou_ci95"].fillna(0), color=colours, capsize=3)
+        ax.set_yticks(y, names, fontsize=7)
+        ax.invert_yaxis()
+        low = np.nanmin(part["miou"] - part["miou_ci95"].fillna(0))
+        ax.set_xlim(max(0, low - 5), None)
+        ax.set_xlabel(f"mIoU, {shot}-shot (fold {profile.folds[0]}, mean and 95% interval over seeds)")
+    fig.suptitle(f"{table.title}  (blue: resolved vs its reference, orange: not resolved, grey: reference)",
+                 fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, figure_name(profile, f"table_{table.key}.png"))
+
+
+def learning_curves(table, profile) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for variant in table.variants:
+        run = variant_run_dir(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe)
+        if (run / "log.csv").exists():
+            log = read_log(run)
+            ax.plot(log["step"], log["loss"].rolling(5, min_periods=1).mean(), label=variant.name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (moving mean of 5 logs)")
+    ax.set_yscale("log")
+    ax.set_title(f"learning curves, fold {profile.folds[0]}, seed {profile.seeds[0]} (losses differ by method)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, figure_name(profile, "learning_curves.png"))
+
+
+@torch.inference_mode()
+def qualitative(table, profile, source, n: int = 4) -> Path:
+    import matplotlib.pyplot as plt
+
+    pool = EpisodePool.for_fold(source, profile.folds[0], "val")
+    dataset = EpisodeDataset(pool, eval_transform(128), episodes=sample_episodes(pool, n, shot=1, seed=5))
+    batch = collate_episodes([dataset[i] for i in range(n)])
+    predictions = {}
+    for variant in table.variants:
+        model = train_variant(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe).eval()
+        predictions[variant.name] = model.predict(model(batch))
+    columns = 2 + len(predictions)
+    fig, axes = plt.subplots(n, columns, figsize=(1.9 * columns, 1.9 * n), squeeze=False)
+    for i, row in enumerate(axes):
+        row[0].imshow(overlay(batch["support_imgs"][i, 0], batch["support_masks"][i, 0]))
+        row[1].imshow(overlay(batch["query_img"][i], batch["query_mask"][i]))
+        for ax, (name, prediction) in zip(row[2:], predictions.items()):
+            ax.imshow(overlay(batch["query_img"][i], prediction[i]))
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+        if i == 0:
+            row[0].set_title("support", fontsize=7)
+            row[1].set_title("query, truth", fontsize=7)
+        for ax in row:
+            ax.axis("off")
+    fig.suptitle(f"the same test episodes for every method (fold {profile.folds[0]}, 1-shot, seed {profile.seeds[0]})",
+                 fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, figure_name(profile, "qualitative_predictions.png"))
+
+
+# ---------------------------------------------------------------------- all of it
+def write_report(profile, source) -> Path:
+    """Write ``tables.md``, one CSV of raw rows per table, and the figures; returns ``tables.md``."""
+    from .reproduce import results_root, tables
+
+    root = results_root(profile)
+    root.mkdir(parents=True, exist_ok=True)
+    recipe = f"standard recipe with {profile.recipe}" if profile.recipe else "standard recipe"
+    parts = [f"# Results of `python -m fsslib reproduce --profile {profile.name}`", "",
+             f"Synthetic benchmark, fold(s) {list(profile.folds)}, training seeds {list(profile.seeds)}, {recipe}; "
+             f"{profile.episodes} test episodes per shot (identical for every method). mIoU: class-wise accumulated "
+             "IoU; mean ± 95% interval over training seeds; differences paired per seed. " + PAPER_NOTE + "."]
+    for table in tables():
+        rows = table_rows(table, profile)
+        rows.to_csv(root / f"{table.key}.csv", index=False)
+        # Rows of failed runs are left out (the failures are listed at the end of reproduce).
+        done = set(rows["method"])
+        table = replace(table, variants=[v for v in table.variants if v.name in done])
+        body = main_table(rows, table, profile, source) if table.key == "main" else ablation_markdown(rows, table)
+        parts += ["", f"## {table.title}", "", body]
+        bar_chart(rows, table, profile)
+        if table.key == "main":
+            learning_curves(table, profile)
+            qualitative(table, profile, source)
+    path = root / "tables.md"
+    path.write_text("\n".join(parts) + "\n")
+    print("\n".join(parts))
+    print(f"\nwrote {path}")
+    return path

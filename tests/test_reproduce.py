@@ -1,0 +1,62 @@
+"""``reproduce --profile fast`` end to end: every table and figure, reuse of finished work, failures."""
+import pytest
+
+from fsslib.__main__ import main
+from fsslib.experiments import reproduce as reproduce_module
+from fsslib.experiments.ablation import Variant
+from fsslib.experiments.reproduce import PROFILES, Table, plan_jobs, tables
+
+
+@pytest.fixture
+def isolated(synthetic_source, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSSLIB_DATA", str(synthetic_source.root.parent))
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FSSLIB_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("FSSLIB_FAST", "1")  # reproduce sets it; monkeypatch restores the old value after
+    return tmp_path
+
+
+def test_a_run_shared_by_several_tables_is_one_job():
+    jobs = plan_jobs(PROFILES["default"])
+    mspf = [j for j in jobs if any(name == "MSPF" for _, names in j.rows for name in names)]
+    assert len(mspf) == 3  # one per training seed
+    assert {table for table, _ in mspf[0].rows} == {"main", "mspf_table3", "mspf_table4", "mspf_table5", "mspf_pfenet"}
+    trained = {(v.model, str(v.model_args)) for t in tables() for v in t.variants if v.trained_as is None}
+    assert len(jobs) == 3 * len(trained)
+
+
+def test_reproduce_fast_writes_every_table_and_figure_and_reuses_finished_runs(isolated, capsys):
+    assert main(["reproduce", "--profile", "fast"]) == 0
+    out = capsys.readouterr().out
+    assert "classes: 20" in out and "novel classes" in out
+    results = isolated / "results" / "fast"
+    text = (results / "tables.md").read_text()
+    for table in tables():
+        assert f"## {table.title}" in text
+        for variant in table.variants:
+            assert f"| {variant.name} |" in text, variant.name
+        assert (results / f"{table.key}.csv").stat().st_size > 0
+        assert (isolated / "figures" / f"fast_table_{table.key}.png").exists()
+    for figure in ("episodes.png", "fast_learning_curves.png", "fast_qualitative_predictions.png"):
+        assert (isolated / "figures" / figure).exists()
+    weights = sorted((isolated / "runs" / "ablation").glob("*/model.pt"))
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    raw = {t.key: (results / f"{t.key}.csv").read_text() for t in tables()}
+    assert len(weights) == len(plan_jobs(PROFILES["fast"]))
+
+    assert main(["reproduce", "--profile", "fast"]) == 0  # everything reused: no run is trained again
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    assert {t.key: (results / f"{t.key}.csv").read_text() for t in tables()} == raw  # stored evaluations
+
+
+def test_a_failed_run_is_reported_and_the_rest_completes(isolated, monkeypatch, capsys):
+    good = Variant("ProtoNet", "protonet", {})
+    broken = Variant("broken", "protonet", {"no_such_field": 1})
+    monkeypatch.setattr(reproduce_module, "tables",
+                        lambda: [Table("main", "Main comparison", [good, broken], {"broken": "ProtoNet"})])
+    monkeypatch.setattr("fsslib.experiments.report.main_table", lambda rows, *args: rows.method.unique().tolist().__str__())
+    failures = reproduce_module.reproduce("fast")
+    assert len(failures) == 1 and "broken" in failures[0] and "no_such_field" in failures[0]
+    out = capsys.readouterr().out
+    assert "FAILED Main comparison / ['broken']" in out
+    assert "ProtoNet" in (isolated / "results" / "fast" / "tables.md").read_text()
