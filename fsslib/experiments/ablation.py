@@ -106,8 +106,7 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     frames, failures = [], []
     jobs = [(v, s) for s in seeds for v in variants]
     for variant, seed in tqdm(jobs, desc="ablation", disable=not progress):
-        cached = results / f"{_slug(variant, recipe_args)}-{_eval_key(variant, protocol)}-fold{fold}-seed{seed}-pre{pretrain_seed}.csv" \
-            if results else None
+        cached = evaluation_path(results, variant, protocol, fold, seed, pretrain_seed, recipe_args) if results else None
         if cached and cached.exists():
             frames.append(pd.read_csv(cached).assign(method=variant.name))
             continue
@@ -135,6 +134,13 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     out = pd.concat(frames, ignore_index=True)
     out.attrs["failures"] = failures
     return out
+
+
+def evaluation_path(results: str | Path, variant: Variant, protocol: EvalProtocol, fold: int, seed: int,
+                    pretrain_seed: int = 0, recipe_args: dict | None = None) -> Path:
+    """The CSV in which ``run_ablation`` stores (and finds) one evaluation of one training seed."""
+    return Path(results) / (f"{_slug(variant, recipe_args)}-{_eval_key(variant, protocol)}"
+                            f"-fold{fold}-seed{seed}-pre{pretrain_seed}.csv")
 
 
 def _eval_key(variant: Variant, protocol: EvalProtocol) -> str:

@@ -1,0 +1,171 @@
+"""The interactive ablation explorer of notebook 07: pick a method, fold, shot and switches; see the row.
+
+A *selection* is a method and the values of its ablation switches (:data:`SWITCHES`, the config
+fields the method tables vary). :func:`find_variant` looks it up among the rows of the tables that
+``reproduce`` runs (the trained rows and the test-time rows); :func:`evaluate_selection` then reads
+its stored evaluations (the default profile's, the ones the README shows) when every training seed
+has one, and otherwise trains the selection with a short recipe (one seed, a few hundred test
+episodes), labelled as such. The widgets only call these functions, so the notebook can also be
+run top to bottom without a browser (as the tests do).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pandas as pd
+
+from ..engine.protocol import EvalProtocol
+from ..experiments.ablation import Variant, ablation_table, evaluation_path, run_ablation, train_variant
+from ..experiments.reproduce import PROFILES, Profile, protocol_of, results_root, tables
+from ..models.registry import method_class
+from ..runtime import fast_mode
+
+#: Switch label -> the config field(s) it sets (several fields move together: the SSP "self-support
+#: loss" is its query and support terms; "refinement" is the second round and the loss on out_1).
+SWITCHES: dict[str, dict[str, tuple[str, ...]]] = {
+    "protonet": {},
+    "panet": {"prototype alignment (PAR)": ("par_weight",)},
+    "ssp": {"SSFP (self-support foreground prototype)": ("use_ssfp",),
+            "SSBP (self-support background prototype)": ("use_ssbp",),
+            "ASBP (adaptive background prototypes)": ("use_asbp",),
+            "self-support loss": ("ssl_query", "ssl_support"),
+            "refinement round": ("refine", "out1_loss")},
+    "pfenet": {},
+    "mspf": {"multi-scale prior": ("multi_scale_prior",), "multi-scale fusion (off: ASPP)": ("multi_scale_fusion",),
+             "inter-scale connection (prior)": ("prior_connection",),
+             "horizontal/vertical interaction": ("scale_interaction",), "scale weights": ("scale_weights",),
+             "auxiliary loss": ("aux_loss",)},
+    "msdnet": {"token self-attention (STD)": ("token_self_attention",)},
+}
+METHODS = tuple(SWITCHES)
+
+
+def _field_value(method: str, field: str, on: bool):
+    return (1.0 if on else 0.0) if field == "par_weight" else on
+
+
+def _switch_state(variant: Variant) -> dict[str, bool]:
+    """The switches of a table row as the model sees them at test time (``eval_args`` applied)."""
+    config = method_class(variant.model).config_class(**{**variant.model_args, **variant.eval_args})
+    return {label: all(bool(getattr(config, f)) for f in fields) for label, fields in SWITCHES[variant.model].items()}
+
+
+def default_switches(method: str) -> dict[str, bool]:
+    config = method_class(method).config_class()
+    return {label: all(bool(getattr(config, f)) for f in fields) for label, fields in SWITCHES[method].items()}
+
+
+@dataclass
+class Found:
+    """A selection located in a table: the table key, the row, and whether the row is a test-time one."""
+
+    table: str
+    variant: Variant
+
+
+def find_variant(method: str, switches: dict[str, bool]) -> Found | None:
+    """The first table row (main comparison first) with ``method`` and exactly these switch values.
+    Rows with weak supports or N-way episodes are skipped: they change the protocol, not the model."""
+    for table in tables():
+        for variant in table.variants:
+            if variant.model == method and not variant.protocol_args and _switch_state(variant) == switches:
+                return Found(table.key, variant)
+    return None
+
+
+def selection_variant(method: str, switches: dict[str, bool]) -> Variant:
+    """A new row for a combination that no table has (trained with the tables' head settings)."""
+    from ..experiments.tables.mspf import SYNTHETIC_HEAD
+    from ..experiments.tables.mspf import PFENET
+
+    args = dict(SYNTHETIC_HEAD) if method == "mspf" else dict(PFENET.model_args) if method == "pfenet" else {}
+    for label, on in switches.items():
+        for field in SWITCHES[method][label]:
+            args[field] = _field_value(method, field, on)
+    name = ", ".join(f"{label} {'on' if on else 'off'}" for label, on in switches.items()) or method
+    return Variant(f"{method}: {name}", method, args)
+
+
+@dataclass
+class Selection:
+    variant: Variant
+    table: str | None
+    #: "stored" (the profile's evaluations) or "quick" (trained here, short recipe, one seed)
+    source: str
+    rows: pd.DataFrame
+    profile: Profile
+    recipe: dict
+
+    def summary(self, shot: int) -> pd.DataFrame:
+        table = ablation_table(self.rows, self.variant.name)
+        return table[table.shot == shot].drop(columns=[c for c in ("reference",) if c in table])
+
+
+QUICK_RECIPE = {"steps": 60}
+QUICK_EPISODES = 200
+
+
+def evaluate_selection(method: str, fold: int, switches: dict[str, bool], profile: str = "default") -> Selection:
+    """Rows of the selection: stored when the profile has them for every seed, else a quick training."""
+    chosen = PROFILES[profile]
+    found = find_variant(method, switches)
+    variant = found.variant if found else selection_variant(method, switches)
+    table = found.table if found else None
+    if found and not fast_mode():
+        protocol = protocol_of(chosen)
+        stored = [evaluation_path(results_root(chosen) / "evaluations", variant, protocol, fold, seed,
+                                  recipe_args=chosen.recipe) for seed in chosen.seeds]
+        if all(path.exists() for path in stored):
+            trained_rows = [v for t in tables() if t.key == table for v in t.variants if v.name == variant.trained_as]
+            rows = run_ablation(trained_rows + [variant], fold=fold, seeds=chosen.seeds, protocol=protocol,
+                                results=results_root(chosen) / "evaluations", progress=False,
+                                recipe_args=chosen.recipe)
+            return Selection(variant, table, "stored", rows[rows.method == variant.name], chosen, chosen.recipe)
+    if variant.trained_as:  # a test-time row: train the row whose weights it uses
+        trained = next(v for t in tables() if t.key == table for v in t.variants if v.name == variant.trained_as)
+        variants = [trained, variant]
+    else:
+        variants = [variant]
+    protocol = EvalProtocol(episodes=8 if fast_mode() else QUICK_EPISODES, seeds=(0,), shots=(1, 5))
+    rows = run_ablation(variants, fold=fold, seeds=(0,), protocol=protocol, progress=False, recipe_args=QUICK_RECIPE)
+    return Selection(variant, table, "quick", rows[rows.method == variant.name], chosen, QUICK_RECIPE)
+
+
+def selection_model(selection: Selection, fold: int):
+    """The trained model of the selection (training seed 0), with its test-time switches applied."""
+    trained = selection.variant
+    if trained.trained_as:
+        trained = next(v for t in tables() if t.key == selection.table for v in t.variants if v.name == trained.trained_as)
+    seed = selection.profile.seeds[0] if selection.source == "stored" else 0
+    model = train_variant(trained, fold, seed, recipe_args=selection.recipe)
+    for key, value in selection.variant.eval_args.items():
+        setattr(model.config, key, value)
+    return model.eval()
+
+
+def paper_row(selection: Selection, shot: int) -> str:
+    from ..experiments.report import paper_value
+
+    if selection.table is None:
+        return "no table of the paper has this combination"
+    value = paper_value(selection.table, selection.variant, shot)
+    return value or "the paper reports no number for this row"
+
+
+def tables_beside_papers(profile: str = "default") -> dict[str, pd.DataFrame]:
+    """Each table as stored by ``reproduce`` (``results/<table>.csv``) with the paper's column;
+    tables that have not been produced are left out."""
+    from ..experiments.report import paper_value
+
+    chosen = PROFILES[profile]
+    out = {}
+    for table in tables():
+        path = results_root(chosen) / f"{table.key}.csv"
+        if not path.exists():
+            continue
+        result = ablation_table(pd.read_csv(path), table.references)
+        by_name = {v.name: v for v in table.variants}
+        result["paper (PASCAL-5i)"] = [paper_value(table.key, by_name[m], s) if m in by_name else ""
+                                       for m, s in zip(result.method, result.shot)]
+        out[table.title] = result.round(2)
+    return out

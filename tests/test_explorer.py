@@ -1,0 +1,28 @@
+"""The ablation explorer finds the table row of a switch combination, or builds a new one."""
+from fsslib.analysis.explorer import SWITCHES, default_switches, find_variant, selection_variant
+from fsslib.models.registry import method_class
+
+
+def test_every_switch_names_config_fields_of_its_method():
+    for method, switches in SWITCHES.items():
+        fields = set(method_class(method).config_class.__dataclass_fields__)
+        assert all(set(names) <= fields for names in switches.values()), method
+
+
+def test_selections_map_to_the_rows_of_the_tables():
+    assert find_variant("mspf", default_switches("mspf")).variant.name == "MSPF"  # main comparison first
+    assert find_variant("ssp", default_switches("ssp")).variant.name == "SSP"
+    found = find_variant("ssp", {**default_switches("ssp"), "refinement round": False})
+    assert found.table == "ssp" and found.variant.name in ("+ SSL", "SSP, refinement off at test")
+    assert find_variant("panet", {"prototype alignment (PAR)": False}).variant.name == "PANet, PAR off"
+    no_prior = find_variant("mspf", {**default_switches("mspf"), "multi-scale prior": False})
+    assert no_prior.table == "mspf_table3" and no_prior.variant.name == "single-scale prior + multi-scale fusion"
+
+
+def test_a_combination_no_table_has_becomes_a_new_variant_with_the_table_head():
+    switches = {**default_switches("mspf"), "scale weights": False, "auxiliary loss": False}
+    assert find_variant("mspf", switches) is None
+    variant = selection_variant("mspf", switches)
+    assert variant.model_args["scale_weights"] is False and variant.model_args["aux_loss"] is False
+    assert variant.model_args["width"] == 64  # the synthetic head of the MSPF tables
+    assert selection_variant("panet", {"prototype alignment (PAR)": False}).model_args == {"par_weight": 0.0}
