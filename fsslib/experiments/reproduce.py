@@ -101,9 +101,9 @@ class Job:
     slug: str
     fold: int
     seed: int
-    #: ``[(table key, [row names])]``
-    rows: list[tuple[str, list[str]]]
     model: str
+    #: ``{table key: [row names]}``
+    rows: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan_jobs(profile: Profile) -> list[Job]:
@@ -115,13 +115,8 @@ def plan_jobs(profile: Profile) -> list[Job]:
             for fold in profile.folds:
                 for seed in profile.seeds:
                     key = (_slug(trained, profile.recipe), fold, seed)
-                    job = by_key.setdefault(key, Job(key[0], fold, seed, [], trained.model))
-                    for table_key, rows in job.rows:
-                        if table_key == table.key:
-                            rows.append(variant.name)
-                            break
-                    else:
-                        job.rows.append((table.key, [variant.name]))
+                    job = by_key.setdefault(key, Job(key[0], fold, seed, trained.model))
+                    job.rows.setdefault(table.key, []).append(variant.name)
     # Slowest first, so that two workers finish together (MSDNet and SSP train the longest).
     cost = {"msdnet": 4, "ssp": 3, "panet": 2, "protonet": 2, "pfenet": 1, "mspf": 1}
     return sorted(by_key.values(), key=lambda j: (-cost.get(j.model, 1), j.seed, j.fold))
@@ -140,7 +135,7 @@ def run_job(job: Job, profile: Profile) -> list[str]:
         os.environ["FSSLIB_FAST"] = "1"
     by_key = {t.key: t for t in tables()}
     failures = []
-    for table_key, names in job.rows:
+    for table_key, names in job.rows.items():
         table = by_key[table_key]
         rows_of = {v.name: v for v in table.variants}
         try:
