@@ -47,6 +47,10 @@ class FewShotSegmenter(nn.Module):
     config_class: type[ModelConfig] = ModelConfig
     #: Backbone stages the head reads; the backbone runs up to the deepest of them.
     feature_stages: tuple[str, ...] = ("layer4",)
+    #: Stages the head reads from the supports when they are fewer (default: ``feature_stages``).
+    #: PFENet and MSPF run layer4 on the *masked* support features and never read the support
+    #: image's own layer4, so their supports stop at layer3: five layer4 passes saved at 5-shot.
+    support_stages: tuple[str, ...] | None = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -78,9 +82,18 @@ class FewShotSegmenter(nn.Module):
             return batch["query_feats"], batch["support_feats"]
         query_img, support_imgs = batch["query_img"], batch["support_imgs"]
         b, s = support_imgs.shape[:2]
-        features = self.extract(torch.cat([query_img, support_imgs.flatten(0, 1)]))
-        return ({k: v[:b] for k, v in features.items()},
-                {k: v[b:].unflatten(0, (b, s)) for k, v in features.items()})
+        order = self.backbone.stage_names.index
+        support_stages = self.support_stages or self.feature_stages
+        shared = max(support_stages, key=order)
+        features = self.backbone(torch.cat([query_img, support_imgs.flatten(0, 1)]), upto=shared)
+        query = {k: v[:b] for k, v in features.items() if k in self.feature_stages}
+        # Stages only the query needs continue from the last shared one, on the query alone.
+        x = features[shared][:b]
+        for stage in self.backbone.stage_names[order(shared) + 1:order(max(self.feature_stages, key=order)) + 1]:
+            x = self.backbone.run_stage(stage, x)
+            if stage in self.feature_stages:
+                query[stage] = x
+        return query, {k: features[k][b:].unflatten(0, (b, s)) for k in support_stages}
 
     @abstractmethod
     def head(self, query_feats: dict[str, Tensor], support_feats: dict[str, Tensor], support_masks: Tensor,

@@ -245,6 +245,7 @@ class ASPP(nn.Module):
 class MSPF(FewShotSegmenter):
     config_class = MSPFConfig
     feature_stages = ("layer2", "layer3", "layer4")
+    support_stages = ("layer2", "layer3")  # support layer4 is computed on the masked layer3
 
     def __init__(self, config: MSPFConfig):
         super().__init__(config)

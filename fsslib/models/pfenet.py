@@ -207,6 +207,7 @@ def no_autocast(device: torch.device):
 class PFENet(FewShotSegmenter):
     config_class = PFENetConfig
     feature_stages = ("layer2", "layer3", "layer4")
+    support_stages = ("layer2", "layer3")  # support layer4 is computed on the masked layer3
 
     def __init__(self, config: PFENetConfig):
         super().__init__(config)
