@@ -17,6 +17,8 @@ from fsslib.models.msdnet import (
     two_channel_logits,
 )
 
+from batches import episode_batch  # tests/batches.py
+
 
 @pytest.fixture(autouse=True)
 def single_thread():
@@ -27,20 +29,10 @@ def single_thread():
 
 
 def _batch(b=2, k=1, size=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(b, k, size, size, dtype=torch.long)
     masks[..., size // 4: 3 * size // 4, size // 8: size // 2] = 1
     masks[:, k - 1, size // 2:, size // 2:] = 1  # shots differ
-    masks[..., :3, :] = 255
-    query_mask = torch.randint(0, 2, (b, size, size), generator=g)
-    query_mask[:, -2:] = 255
-    return {"query_img": torch.randn(b, 3, size, size, generator=g),
-            "support_imgs": torch.randn(b, k, 3, size, size, generator=g),
-            "support_masks": masks, "query_mask": query_mask}
-
-
-def _features(model, batch):
-    return model.episode_features(batch)
+    return episode_batch(masks, seed)
 
 
 def _model(**kw):
@@ -127,7 +119,7 @@ def test_cmgm_matches_a_direct_computation():
 def test_cmgm_in_the_model_masks_layer4_after_layer4_only():
     model = _model()
     batch = _batch(k=2)
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     out = model.head(q, s, batch["support_masks"], 1, (64, 64))
     fg = (batch["support_masks"] == 1).long()
     expected = _cmgm_loop(q["layer4"], s["layer4"], fg, q["layer3"].shape[-2:])
@@ -143,7 +135,7 @@ def test_cmgm_in_the_model_masks_layer4_after_layer4_only():
 def test_prototype_is_masked_average_pooling_of_layer2_then_layer3():
     model = _model()
     batch = _batch(k=2)
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     out = model.head(q, s, batch["support_masks"], 1, (64, 64))
     fg = (batch["support_masks"] == 1).float()
     protos = []
@@ -233,7 +225,7 @@ def _reference_fuse_decode(model, query, prototype, context, high, stage, bins):
 def test_fusion_decoder_and_output_match_the_reference():
     model = _model()
     batch = _batch(k=1)
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     out = model.head(q, s, batch["support_masks"], 1, (64, 64))
     query = _mid(model, q, model.project_query)
     m = _up((batch["support_masks"][:, 0, None] == 1).float(), query.shape[-2:])
@@ -309,7 +301,7 @@ def test_model_loss_is_the_dice_of_the_probability():
 def test_decoder_switches_change_only_the_decoder_support():
     model = _model()
     batch = _batch(k=2)
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     masks = batch["support_masks"]
     mean = model.head(q, s, masks, 1, (64, 64))
     query = _mid(model, q, model.project_query)
@@ -341,7 +333,7 @@ def test_decoder_switches_change_only_the_decoder_support():
 def test_token_self_attention_switch_changes_only_the_token():
     model = _model()
     batch = _batch()
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     kept = model.head(q, s, batch["support_masks"], 1, (64, 64))
     model.config.token_self_attention = False
     dropped = model.head(q, s, batch["support_masks"], 1, (64, 64))

@@ -10,6 +10,8 @@ from fsslib.models.mspf import ASPP, PAPER_ABLATIONS, REAL_DATA_RECIPE, MSPFConf
 from fsslib.models.ops import mask_to_feature_size
 from fsslib.models.priors import multi_scale_mean_cosine_priors
 
+from batches import episode_batch  # tests/batches.py
+
 BINS = [(8, 8), (4, 4), (2, 2), (1, 1)]  # small CNN at 64x64: 8x8 features
 
 
@@ -22,19 +24,9 @@ def single_thread():
 
 
 def _batch(b=2, k=1, size=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(b, k, size, size, dtype=torch.long)
     masks[..., size // 4:, : 5 * size // 8] = 1  # touches a corner, so even the 2x2 scale sees the object
-    masks[..., :3, :] = 255
-    query_mask = torch.randint(0, 2, (b, size, size), generator=g)
-    query_mask[:, -2:] = 255
-    return {"query_img": torch.randn(b, 3, size, size, generator=g),
-            "support_imgs": torch.randn(b, k, 3, size, size, generator=g),
-            "support_masks": masks, "query_mask": query_mask}
-
-
-def _features(model, batch):
-    return model.episode_features(batch)
+    return episode_batch(masks, seed)
 
 
 def _model(**kw):
@@ -47,7 +39,7 @@ def setup():
     torch.set_num_threads(1)
     model = _model()
     batch = _batch(k=2)
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     return model, batch, q, s
 
 

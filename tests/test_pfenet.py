@@ -8,6 +8,8 @@ from fsslib.models.ops import mask_to_feature_size, masked_average_pooling
 from fsslib.models.pfenet import REAL_DATA_RECIPE, PFENetConfig, pyramid_bins
 from fsslib.models.priors import max_cosine_prior
 
+from batches import episode_batch  # tests/batches.py
+
 
 @pytest.fixture(autouse=True)
 def single_thread():
@@ -18,19 +20,9 @@ def single_thread():
 
 
 def _batch(b=2, k=1, size=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(b, k, size, size, dtype=torch.long)
     masks[..., size // 4: 3 * size // 4, size // 8: size // 2] = 1
-    masks[..., :3, :] = 255
-    query_mask = torch.randint(0, 2, (b, size, size), generator=g)
-    query_mask[:, -2:] = 255
-    return {"query_img": torch.randn(b, 3, size, size, generator=g),
-            "support_imgs": torch.randn(b, k, 3, size, size, generator=g),
-            "support_masks": masks, "query_mask": query_mask}
-
-
-def _features(model, batch):
-    return model.episode_features(batch)
+    return episode_batch(masks, seed)
 
 
 def _model(**kw):
@@ -68,7 +60,7 @@ def test_backbone_is_frozen_with_batchnorm_in_eval():
 def test_prototype_and_prior_match_direct_computations():
     model = _model()
     batch = _batch(k=2)
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     out = model.head(q, s, batch["support_masks"], 1, (64, 64))
     fg = (batch["support_masks"] == 1).float()
     # prototype: MAP of the projected [layer3; layer2] support features (layer2 resized), eps 5e-4, mean over shots
@@ -110,7 +102,7 @@ def _reference_enrichment(model, query, prototype, prior, bins):
 def test_enrichment_module_and_output_match_the_reference():
     model = _model()
     batch = _batch(k=1)
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     out = model.head(q, s, batch["support_masks"], 1, (64, 64))
     l2 = F.interpolate(q["layer2"], size=q["layer3"].shape[-2:], mode="bilinear", align_corners=True)
     query = model.project_query(torch.cat([q["layer3"], l2], 1))
@@ -156,7 +148,7 @@ def test_parameter_count_by_hand():
 def test_shared_projection_changes_only_the_support_projection():
     model = _model()
     batch = _batch()
-    q, s = _features(model, batch)
+    q, s = model.episode_features(batch)
     separate = model.head(q, s, batch["support_masks"], 1, (64, 64))
     model.config.shared_projection = True
     shared = model.head(q, s, batch["support_masks"], 1, (64, 64))
