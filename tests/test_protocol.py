@@ -35,6 +35,26 @@ def test_cached_evaluation_equals_episode_by_episode_forward(synthetic_source, m
     assert per_seed(rows)["fbiou"].iloc[0] == pytest.approx(evaluator.fbiou())
 
 
+def test_evaluations_of_the_same_weights_share_the_feature_cache(synthetic_source, model, monkeypatch):
+    import fsslib.engine.protocol as protocol_module
+
+    built = []
+    real = protocol_module.FeatureCache
+    monkeypatch.setattr(protocol_module, "FeatureCache", lambda *a, **k: built.append(1) or real(*a, **k))
+    protocol = EvalProtocol(episodes=6, seeds=(1,), shots=(1,))
+    caches = {}
+    first = evaluate(model, synthetic_source, 0, protocol, method="m", caches=caches)
+    again = evaluate(model, synthetic_source, 0, protocol, method="m", caches=caches)
+    assert len(built) == 1 and len(caches) == 1
+    pd.testing.assert_frame_equal(first, again)
+
+    other = build_model("protonet", feature_stage="layer3").eval()  # other weights: other features
+    with torch.no_grad():
+        next(other.backbone.parameters()).add_(1.0)
+    evaluate(other, synthetic_source, 0, protocol, method="m", caches=caches)
+    assert len(built) == 2 and len(caches) == 2
+
+
 def test_all_foreground_scores_the_foreground_fraction(synthetic_source):
     rows = evaluate(AllForeground(), synthetic_source, 0, EvalProtocol(episodes=20, seeds=(0,)), method="all-fg")
     classes = rows[rows["class"] > 0]

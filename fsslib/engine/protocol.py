@@ -29,7 +29,7 @@ from ..data.weak import weak_annotation
 from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
 from .evaluator import Evaluator
-from .feature_cache import FeatureCache, backbone_frozen
+from .feature_cache import FeatureCache, backbone_frozen, cache_key
 from .trainer import runs_dir
 
 ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
@@ -79,8 +79,14 @@ class AllForeground(nn.Module):
 
 def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalProtocol(), method: str = "model",
              device: str | torch.device | None = None, progress: bool = False,
-             pool: EpisodePool | None = None) -> pd.DataFrame:
-    """Evaluate ``model`` on ``fold`` under ``protocol``; returns IoU rows (see module docstring)."""
+             pool: EpisodePool | None = None, caches: dict | None = None) -> pd.DataFrame:
+    """Evaluate ``model`` on ``fold`` under ``protocol``; returns IoU rows (see module docstring).
+
+    ``caches``: a dict in which feature caches are kept and looked up by
+    :func:`~fsslib.engine.feature_cache.cache_key` (backbone weights, stages, size, images), so
+    several evaluations of the same weights (the test-time switches of one trained model, its
+    weak-annotation rows) run the backbone over the test images once.
+    """
     device = default_device(device)
     model = model.to(device).eval()
     pool = pool or EpisodePool.for_fold(source, fold, "val", protocol.convention)
@@ -90,7 +96,12 @@ def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalP
     # A backbone frozen entirely (PFENet, MSPF, MSDNet here) gives every run of every variant the
     # same test features: keep them in the shared store instead of recomputing them per run.
     store = runs_dir() / "feature-cache" if backbone_frozen(model) else None
-    cache = FeatureCache(model, source, stems, size, device, progress=progress, store=store)
+    key = cache_key(model, sorted(stems), size) if caches is not None and hasattr(model, "backbone") else None
+    cache = caches.get(key) if key else None
+    if cache is None:
+        cache = FeatureCache(model, source, stems, size, device, progress=progress, store=store)
+        if key:
+            caches[key] = cache
 
     rows = []
     for shot, by_seed in lists.items():

@@ -103,13 +103,23 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     if results:
         results.mkdir(parents=True, exist_ok=True)
     source = build_source("synthetic")
-    frames, failures = [], []
+    frames: dict[int, pd.DataFrame] = {}
+    failures = []
     jobs = [(v, s) for s in seeds for v in variants]
-    for variant, seed in tqdm(jobs, desc="ablation", disable=not progress):
+    weights_of = {v.name: v.trained_as or v.name for v in variants}
+    # Rows evaluating the same weights run one after another and share the test features; the
+    # tables keep the order of ``variants`` (frames are put back in job order at the end).
+    rank = {weights: i for i, weights in enumerate(dict.fromkeys(weights_of.values()))}
+    order = sorted(range(len(jobs)), key=lambda i: (jobs[i][1], rank[weights_of[jobs[i][0].name]]))
+    caches, cached_weights = {}, None
+    for index in tqdm(order, desc="ablation", disable=not progress):
+        variant, seed = jobs[index]
         cached = evaluation_path(results, variant, protocol, fold, seed, pretrain_seed, recipe_args) if results else None
         if cached and cached.exists():
-            frames.append(pd.read_csv(cached).assign(method=variant.name))
+            frames[index] = pd.read_csv(cached).assign(method=variant.name)
             continue
+        if cached_weights != (weights_of[variant.name], seed):
+            caches, cached_weights = {}, (weights_of[variant.name], seed)
         try:
             trained = by_name[variant.trained_as] if variant.trained_as else variant
             model = train_variant(trained, fold, seed, pretrain_seed, recipe_args=recipe_args)
@@ -117,7 +127,8 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
                 if not hasattr(model.config, key):
                     raise ValueError(f"eval_args key '{key}' is not a config field of {variant.model}")
                 setattr(model.config, key, value)
-            rows = evaluate(model, source, fold, replace(protocol, **variant.protocol_args), method=variant.name)
+            rows = evaluate(model, source, fold, replace(protocol, **variant.protocol_args), method=variant.name,
+                            caches=caches)
             rows.insert(3, "train_seed", seed)
             rows["pretrain_seed"] = pretrain_seed
         except Exception as error:  # one broken variant must not lose the others' work
@@ -125,13 +136,13 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
             continue
         if cached:
             rows.to_csv(cached, index=False)
-        frames.append(rows)
+        frames[index] = rows
     for name, seed, message, _ in failures:
         print(f"FAILED {name} (seed {seed}): {message}")
     if not frames:
         raise RuntimeError("every variant failed: " + "; ".join(f"{name} (seed {seed}): {message}"
                                                                 for name, seed, message, _ in failures))
-    out = pd.concat(frames, ignore_index=True)
+    out = pd.concat([frames[i] for i in sorted(frames)], ignore_index=True)
     out.attrs["failures"] = failures
     return out
 
