@@ -26,3 +26,23 @@ def test_a_combination_no_table_has_becomes_a_new_variant_with_the_table_head():
     assert variant.model_args["scale_weights"] is False and variant.model_args["aux_loss"] is False
     assert variant.model_args["width"] == 64  # the synthetic head of the MSPF tables
     assert selection_variant("panet", {"prototype alignment (PAR)": False}).model_args == {"par_weight": 0.0}
+
+
+def test_stored_rows_come_from_the_table_csv_only_when_every_training_seed_is_there(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from fsslib.analysis.explorer import stored_rows
+    from fsslib.experiments.reproduce import PROFILES
+
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    profile = PROFILES["default"]
+    assert stored_rows(profile, "main", "SSP", 0) is None  # no CSV yet
+    rows = pd.DataFrame([dict(method=m, fold=0, shot=1, train_seed=s, seed=0, **{"class": 1}, intersection=1, union=2)
+                         for m in ("SSP", "PFENet") for s in (0, 1)])
+    (tmp_path / "results").mkdir()
+    rows.to_csv(tmp_path / "results" / "main.csv", index=False)
+    assert stored_rows(profile, "main", "SSP", 0) is None  # seed 2 missing
+    rows.assign(train_seed=2).to_csv(tmp_path / "results" / "main.csv", mode="a", header=False, index=False)
+    got = stored_rows(profile, "main", "SSP", 0)
+    assert set(got.method) == {"SSP"} and sorted(set(got.train_seed)) == [0, 1, 2]
+    assert stored_rows(profile, "main", "SSP", 1) is None  # another fold

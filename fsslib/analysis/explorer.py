@@ -3,8 +3,8 @@
 A *selection* is a method and the values of its ablation switches (:data:`SWITCHES`, the config
 fields the method tables vary). :func:`find_variant` looks it up among the rows of the tables that
 ``reproduce`` runs (the trained rows and the test-time rows); :func:`evaluate_selection` then reads
-its stored evaluations (the default profile's, the ones the README shows) when every training seed
-has one, and otherwise trains the selection with a short recipe (one seed, a few hundred test
+its rows in the table CSVs that ``reproduce`` wrote (the default profile's ``results/<table>.csv``,
+the ones the README shows) when every training seed is there, and otherwise trains the selection with a short recipe (one seed, a few hundred test
 episodes), labelled as such. The widgets only call these functions, so the notebook can also be
 run top to bottom without a browser (as the tests do).
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from ..engine.protocol import EvalProtocol
-from ..experiments.ablation import Variant, ablation_table, evaluation_path, run_ablation, train_variant
-from ..experiments.reproduce import PROFILES, Profile, protocol_of, results_root, tables
+from ..experiments.ablation import Variant, ablation_table, run_ablation, train_variant
+from ..experiments.reproduce import PROFILES, Profile, results_root, tables
 from ..models.registry import method_class
 from ..runtime import fast_mode
 
@@ -90,7 +90,7 @@ def selection_variant(method: str, switches: dict[str, bool]) -> Variant:
 class Selection:
     variant: Variant
     table: str | None
-    #: "stored" (the profile's evaluations) or "quick" (trained here, short recipe, one seed)
+    #: "stored" (the profile's results/<table>.csv) or "quick" (trained here, short recipe, one seed)
     source: str
     rows: pd.DataFrame
     profile: Profile
@@ -105,6 +105,17 @@ QUICK_RECIPE = {"steps": 60}
 QUICK_EPISODES = 200
 
 
+def stored_rows(profile: Profile, table: str, name: str, fold: int) -> pd.DataFrame | None:
+    """The rows of ``name`` in the table CSV that ``reproduce`` wrote (``results/<table>.csv``), or
+    None unless every training seed of the profile is there."""
+    path = results_root(profile) / f"{table}.csv"
+    if not path.exists():
+        return None
+    rows = pd.read_csv(path)
+    rows = rows[(rows.method == name) & (rows.fold == fold)]
+    return rows.reset_index(drop=True) if set(profile.seeds) <= set(rows.train_seed) else None
+
+
 def evaluate_selection(method: str, fold: int, switches: dict[str, bool], profile: str = "default") -> Selection:
     """Rows of the selection: stored when the profile has them for every seed, else a quick training."""
     chosen = PROFILES[profile]
@@ -112,15 +123,9 @@ def evaluate_selection(method: str, fold: int, switches: dict[str, bool], profil
     variant = found.variant if found else selection_variant(method, switches)
     table = found.table if found else None
     if found and not fast_mode():
-        protocol = protocol_of(chosen)
-        stored = [evaluation_path(results_root(chosen) / "evaluations", variant, protocol, fold, seed,
-                                  recipe_args=chosen.recipe) for seed in chosen.seeds]
-        if all(path.exists() for path in stored):
-            trained_rows = [v for t in tables() if t.key == table for v in t.variants if v.name == variant.trained_as]
-            rows = run_ablation(trained_rows + [variant], fold=fold, seeds=chosen.seeds, protocol=protocol,
-                                results=results_root(chosen) / "evaluations", progress=False,
-                                recipe_args=chosen.recipe)
-            return Selection(variant, table, "stored", rows[rows.method == variant.name], chosen, chosen.recipe)
+        rows = stored_rows(chosen, table, variant.name, fold)
+        if rows is not None:
+            return Selection(variant, table, "stored", rows, chosen, chosen.recipe)
     if variant.trained_as:  # a test-time row: train the row whose weights it uses
         trained = next(v for t in tables() if t.key == table for v in t.variants if v.name == variant.trained_as)
         variants = [trained, variant]

@@ -75,12 +75,12 @@ def paper_value(table_key: str, variant, shot: int) -> str:
 # ---------------------------------------------------------------------- collecting
 def table_rows(table, profile) -> pd.DataFrame:
     """The IoU rows of every row of ``table`` over the profile's folds and seeds (from stored evaluations)."""
-    from .reproduce import protocol_of, results_root
+    from .reproduce import evaluations_dir, protocol_of
 
     frames = []
     for fold in profile.folds:
         rows = run_ablation(table.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
-                            results=results_root(profile) / "evaluations", progress=False,
+                            results=evaluations_dir(profile), progress=False,
                             recipe_args=profile.recipe)
         frames.append(rows)
     return pd.concat(frames, ignore_index=True)

@@ -70,6 +70,12 @@ def results_root(profile: Profile) -> Path:
     return root if profile.name == "default" else root / profile.name
 
 
+def evaluations_dir(profile: Profile) -> Path:
+    """Where the evaluation of each run is stored for reuse: working state beside the runs (never
+    committed), so that a fresh clone trains and evaluates everything; ``results/`` holds the outputs."""
+    return runs_dir() / "evaluations" / profile.name
+
+
 # ---------------------------------------------------------------------- the tables
 @dataclass(frozen=True)
 class Table:
@@ -143,7 +149,7 @@ def run_job(job: Job, profile: Profile) -> list[str]:
         try:
             rows = run_ablation([rows_of[n] for n in names] + _trained_rows(table, names), fold=job.fold,
                                 seeds=(job.seed,), protocol=protocol_of(profile),
-                                results=results_root(profile) / "evaluations", progress=False,
+                                results=evaluations_dir(profile), progress=False,
                                 recipe_args=profile.recipe)
             failures += [f"{table.title} / {name} (fold {job.fold}, seed {seed}): {message}"
                          for name, seed, message, _ in rows.attrs.get("failures", [])]
