@@ -5,7 +5,7 @@
     python -m fsslib eval RUN_DIR [key=value ...]
     python -m fsslib baselines [key=value ...]
     python -m fsslib ablation NAME [key=value ...] [--seeds 0,1,2]
-    python -m fsslib reproduce [--profile fast|default|full]
+    python -m fsslib reproduce [--profile fast|default|full|pascal5i|coco20i]
 
 ``key=value`` sets a field of the training config (``model_args.scale=10`` a model field) or,
 for ``eval``/``baselines``, of the evaluation protocol (``episodes=500 seeds=0,1 shots=1,5``).
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device")
     bench.add_argument("--images", type=int, default=500, help="test images of the evaluation protocol")
     bench.add_argument("--episodes", type=int, default=5000, help="episodes of the evaluation protocol")
-    reproduce = commands.add_parser("reproduce", help="the main job on the synthetic benchmark")
-    reproduce.add_argument("--profile", default="default", choices=("fast", "default", "full"))
+    reproduce = commands.add_parser("reproduce", help="every method and ablation: tables and figures "
+                                    "(synthetic benchmark; pascal5i/coco20i on real data and a GPU)")
+    reproduce.add_argument("--profile", default="default", choices=("fast", "default", "full", "pascal5i", "coco20i"))
     reproduce.add_argument("--jobs", type=int, help="worker processes (default: the profile's, 2 for default/full)")
 
     args = parser.parse_args(argv)

@@ -55,3 +55,15 @@ def test_every_named_table_is_well_formed():
             assert set(v.protocol_args) <= protocol_fields, (name, v.name)
             assert v.trained_as is None or v.trained_as in names, (name, v.name)
         assert set(references) <= set(names) and set(references.values()) <= set(names), name
+
+
+def test_recipe_changes_by_method_apply_to_their_method_and_name_only_its_runs():
+    from fsslib.experiments.ablation import _slug, method_recipe
+
+    recipe = {"steps": 150, "by_method": {"pfenet": {"lr": 2e-3}}}
+    assert method_recipe(recipe, "pfenet") == {"steps": 150, "lr": 2e-3}
+    assert method_recipe(recipe, "ssp") == {"steps": 150}
+    ssp, pfenet = Variant("s", "ssp"), Variant("p", "pfenet")
+    assert _slug(ssp, recipe) == _slug(ssp, {"steps": 150})  # the SSP runs are the same runs
+    assert _slug(pfenet, recipe) != _slug(pfenet, {"steps": 150})
+    assert _slug(ssp, {}) == _slug(ssp, None)  # the standard recipe keeps its names

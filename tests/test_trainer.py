@@ -104,3 +104,15 @@ def test_a_run_written_before_a_new_config_field_still_resumes(synthetic_source,
     del stored["train"]["cache_features"]  # as written by an older fsslib
     (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
     train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)  # loads, no error
+
+
+def test_a_compiled_forward_trains_like_the_plain_one(synthetic_source, tmp_path):
+    # The "eager" backend traces the model with TorchDynamo and runs the captured graphs as they
+    # are: what this checks is that every method's forward compiles, not inductor's kernels.
+    plain = train_fewshot(small_config(steps=2), tmp_path / "plain", progress=False, source=synthetic_source)
+    compiled = train_fewshot(small_config(steps=2, compile="eager"), tmp_path / "compiled", progress=False,
+                             source=synthetic_source)
+    assert read_log(tmp_path / "compiled")["loss"].tolist() == pytest.approx(read_log(tmp_path / "plain")["loss"].tolist(),
+                                                                              rel=1e-5)
+    for (name, a), b in zip(plain.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name

@@ -25,9 +25,13 @@ def figures_dir() -> Path:
     return path
 
 
-def save_figure(fig: plt.Figure, name: str) -> Path:
+def save_figure(fig: plt.Figure, name: str, close: bool = False) -> Path:
+    """Write ``fig`` to ``figures/<name>``; ``close`` it when no notebook will display it (scripts
+    that draw many figures would otherwise keep them all in memory)."""
     path = figures_dir() / name
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    if close:
+        plt.close(fig)
     return path
 
 

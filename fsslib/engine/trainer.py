@@ -73,6 +73,9 @@ class TrainConfig:
     accumulate: int = 1
     #: Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); ignored on CPU.
     amp: bool = True
+    #: ``torch.compile`` backend for the training forward pass (e.g. "inductor" on CUDA; "eager"
+    #: only traces, which checks that a model compiles); None runs the model as is.
+    compile: str | None = None
     seed: int = 0
     num_workers: int = 0
     log_every: int = 20
@@ -237,7 +240,10 @@ class Trainer:
         step, rng_states = self._resume(model, optimizer, scheduler)
         # DDP broadcasts rank 0's weights and averages gradients; some switches leave parameters
         # unused in a forward pass (e.g. an auxiliary classifier with its loss off).
-        net = DistributedDataParallel(model, find_unused_parameters=True) if distributed.world_size() > 1 else model
+        ddp = DistributedDataParallel(model, find_unused_parameters=True) if distributed.world_size() > 1 else None
+        net = ddp if ddp is not None else model
+        if config.compile:
+            net = torch.compile(net, backend=config.compile)
         amp_dtype = self._amp_dtype()
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -260,7 +266,7 @@ class Trainer:
                     batch = to_device(next(batches), self.device)
                     # Gradients are exchanged once per step, after the last chunk.
                     last_chunk = chunk == config.accumulate - 1
-                    with net.no_sync() if net is not model and not last_chunk else contextlib.nullcontext():
+                    with ddp.no_sync() if ddp is not None and not last_chunk else contextlib.nullcontext():
                         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                             output = net(batch)
                             loss, parts = model.loss(output, batch)

@@ -28,9 +28,9 @@ import pandas as pd
 from ..data import build_source
 from ..engine.episodic import train_fewshot
 from ..engine.protocol import EvalProtocol, evaluate, interval95, with_interval
-from ..engine.trainer import runs_dir
+from ..engine.trainer import TrainConfig, runs_dir
 from ..runtime import fast_mode
-from .configs import synthetic_recipe
+from .configs import real_data_recipe, synthetic_recipe
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,32 @@ class Variant:
     trained_as: str | None = None
 
 
+def method_recipe(recipe_args: dict | None, model: str) -> dict:
+    """The TrainConfig changes ``recipe_args`` make for ``model``: its common entries, then those
+    under ``"by_method"`` for this model (e.g. a higher learning rate for the heads that a short
+    recipe would otherwise leave untrained)."""
+    recipe = dict(recipe_args or {})
+    by_method = recipe.pop("by_method", {})
+    return {**recipe, **by_method.get(model, {})}
+
+
 def _slug(variant: Variant, recipe_args: dict | None = None) -> str:
     """Run-directory name: readable, and unique for the training-relevant fields. ``recipe_args``
-    (a profile's changes to the recipe, e.g. fewer steps) enter the name only when given, so the
-    runs of the standard recipe keep their names."""
+    (a profile's changes to the recipe, e.g. fewer steps) enter the name only when they change
+    this method's recipe, so the runs of the standard recipe keep their names."""
     fields_ = {"model": variant.model, "model_args": variant.model_args, "train_args": variant.train_args}
-    if recipe_args:
-        fields_["recipe"] = recipe_args
+    recipe = method_recipe(recipe_args, variant.model)
+    if recipe:
+        fields_["recipe"] = recipe
     key = json.dumps(fields_, sort_keys=True, default=str)
     return f"{variant.model}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def variant_run_dir(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0,
-                    recipe_args: dict | None = None) -> Path:
+                    recipe_args: dict | None = None, benchmark: str = "synthetic") -> Path:
     """Where the training run of ``variant`` for one seed lives."""
+    if benchmark != "synthetic":  # ImageNet weights, no pre-training seed
+        return runs_dir() / "ablation" / benchmark / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}"
     suffix = "-fast" if fast_mode() else ""
     return runs_dir() / "ablation" / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}-pre{pretrain_seed}{suffix}"
 
@@ -74,23 +86,39 @@ def results_dir(name: str) -> Path:
     return runs_dir().parent / "results" / name
 
 
+def train_config(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False,
+                 recipe_args: dict | None = None, benchmark: str = "synthetic", source=None) -> TrainConfig:
+    """The TrainConfig of ``variant``: the benchmark's recipe, then ``recipe_args`` (a profile's
+    changes, see :func:`method_recipe`; their ``model_args`` are merged into the model's), then
+    the variant's ``train_args``."""
+    if benchmark == "synthetic":
+        config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, progress=progress,
+                                  **variant.model_args)
+    else:
+        config = real_data_recipe(variant.model, benchmark, fold=fold, seed=seed, source=source, **variant.model_args)
+    recipe = method_recipe(recipe_args, variant.model)
+    model_args = {**config.model_args, **recipe.pop("model_args", {})}
+    return replace(config, **recipe, **variant.train_args, model_args=model_args)
+
+
 def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False,
-                  recipe_args: dict | None = None):
+                  recipe_args: dict | None = None, benchmark: str = "synthetic", source=None):
     """Train (or load) ``variant`` for one training seed; returns the model."""
-    config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, progress=progress,
-                              **variant.model_args)
-    config = replace(config, **(recipe_args or {}), **variant.train_args)
-    return train_fewshot(config, variant_run_dir(variant, fold, seed, pretrain_seed, recipe_args), progress=progress)
+    config = train_config(variant, fold, seed, pretrain_seed, progress, recipe_args, benchmark, source)
+    return train_fewshot(config, variant_run_dir(variant, fold, seed, pretrain_seed, recipe_args, benchmark),
+                         progress=progress, source=source)
 
 
 def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protocol: EvalProtocol = EvalProtocol(),
                  results: str | Path | None = None, pretrain_seed: int = 0, progress: bool = True,
-                 recipe_args: dict | None = None) -> pd.DataFrame:
+                 recipe_args: dict | None = None, benchmark: str = "synthetic") -> pd.DataFrame:
     """Train every variant for every seed, evaluate it, and return the IoU rows of all of them.
 
     Rows carry ``train_seed`` beside the protocol's evaluation ``seed``. With ``results`` (a
     folder) every (variant, seed) evaluation is saved as CSV and reused on the next call.
     ``recipe_args`` change the training recipe of every variant (a reproduce profile's steps).
+    ``benchmark``: "synthetic" (its recipe, from the pre-trained small backbone) or a real one
+    (the papers' recipes, see :func:`~fsslib.experiments.configs.real_data_recipe`).
     Failures are listed in ``rows.attrs["failures"]``.
     """
     from tqdm.auto import tqdm
@@ -102,7 +130,7 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     results = Path(results) if results else None
     if results:
         results.mkdir(parents=True, exist_ok=True)
-    source = build_source("synthetic")
+    source = build_source(benchmark)
     frames: dict[int, pd.DataFrame] = {}
     failures = []
     jobs = [(v, s) for s in seeds for v in variants]
@@ -122,7 +150,8 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
             caches, cached_weights = {}, (weights_of[variant.name], seed)
         try:
             trained = by_name[variant.trained_as] if variant.trained_as else variant
-            model = train_variant(trained, fold, seed, pretrain_seed, recipe_args=recipe_args)
+            model = train_variant(trained, fold, seed, pretrain_seed, recipe_args=recipe_args, benchmark=benchmark,
+                                  source=source)
             for key, value in variant.eval_args.items():
                 if not hasattr(model.config, key):
                     raise ValueError(f"eval_args key '{key}' is not a config field of {variant.model}")

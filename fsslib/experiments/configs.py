@@ -3,8 +3,12 @@
 Ablations are config variants (``key=value`` overrides), never code edits. On the synthetic
 benchmark every method starts from the fold's pre-trained small backbone (see
 ``engine.pretrain``) with its early stages and BatchNorm frozen and the last stage trainable.
+On PASCAL-5i and COCO-20i (:func:`real_data_recipe`) every method follows its paper's or its
+authors' recipe (the ``REAL_DATA_RECIPE`` of its module) from ImageNet weights.
 """
 from __future__ import annotations
+
+import math
 
 from ..engine.pretrain import pretrained_backbone
 from ..engine.trainer import TrainConfig
@@ -47,3 +51,56 @@ def experiment(name: str, **kwargs) -> TrainConfig:
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment '{name}'; valid names: {list(EXPERIMENTS)} (or a path to a config.json)")
     return synthetic_recipe(name, **kwargs)
+
+
+# ---------------------------------------------------------------------- real data
+#: Benchmark -> the key of the methods' ``REAL_DATA_RECIPE`` dicts.
+REAL_BENCHMARKS = {"pascal5i": "pascal", "coco20i": "coco"}
+#: Head settings the synthetic tables choose for 128-pixel images (narrow heads, area-resized
+#: supports, small ASPP rates); on real data every method keeps its own values for these.
+SYNTHETIC_SCALE_ARGS = ("width", "aspp_rates", "support_resize")
+
+
+def real_data_recipes(model: str) -> dict:
+    """``{"pascal": recipe, "coco": recipe}`` of ``model`` (ProtoNet is PANet without PAR)."""
+    from ..models import msdnet, mspf, panet, pfenet, ssp
+
+    modules = {"protonet": panet, "panet": panet, "ssp": ssp, "pfenet": pfenet, "mspf": mspf, "msdnet": msdnet}
+    if model not in modules:
+        raise ValueError(f"no real-data recipe for '{model}'; methods with one: {list(modules)}")
+    return modules[model].REAL_DATA_RECIPE
+
+
+def training_queries(source, fold: int, convention: str | None = None) -> int:
+    """(image, class) pairs of ``fold``'s training pool: what one epoch of the authors' loaders visits."""
+    from ..data import EpisodePool
+
+    pool = EpisodePool.for_fold(source, fold, "train", convention)
+    return sum(len(queries) for queries in pool.queries.values())
+
+
+def real_data_recipe(model: str, benchmark: str, fold: int = 0, seed: int = 0, source=None,
+                     **model_args) -> TrainConfig:
+    """The paper's recipe of ``model`` on ``benchmark`` (``pascal5i`` or ``coco20i``).
+
+    ``model_args`` are the variant's switches; the synthetic head sizes among them
+    (:data:`SYNTHETIC_SCALE_ARGS`) are dropped. Recipes given in epochs become steps with the
+    fold's number of training (image, class) pairs, which needs the dataset (``source``, else
+    opened from ``$FSSLIB_DATA``). In fast mode: 6 steps of 2 episodes at 96x96, to test the plumbing.
+    """
+    from ..data import build_source
+
+    if benchmark not in REAL_BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {list(REAL_BENCHMARKS)}, got {benchmark!r}")
+    recipe = dict(real_data_recipes(model)[REAL_BENCHMARKS[benchmark]])
+    switches = {k: v for k, v in model_args.items() if k not in SYNTHETIC_SCALE_ARGS}
+    recipe["model_args"] = {**recipe["model_args"], **switches}
+    epochs = recipe.pop("epochs", None)
+    if fast_mode():
+        recipe.update(steps=6, batch_size=2, image_size=96)
+    elif epochs is not None:
+        pairs = training_queries(source or build_source(benchmark), fold)
+        recipe["steps"] = math.ceil(epochs * pairs / recipe["batch_size"])
+    steps = recipe["steps"]
+    return TrainConfig(model=model, benchmark=benchmark, fold=fold, seed=seed,
+                       checkpoint_every=max(steps // 20, 1), log_every=max(steps // 200, 1), **recipe)

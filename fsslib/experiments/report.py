@@ -22,16 +22,16 @@ import pandas as pd
 import torch
 
 from ..analysis.plotting import overlay, save_figure
-from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
+from ..data import DEFAULT_SIZES, EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
 from ..engine.protocol import interval95, with_interval
 from ..engine.trainer import read_log
 from ..models import build_model
 from ..reference import published
-from .ablation import ablation_table, format_ablation, per_training_seed, run_ablation, train_variant, variant_run_dir
-from .configs import METHOD_BACKBONE, SYNTHETIC_BACKBONE
+from .ablation import (ablation_table, format_ablation, per_training_seed, run_ablation, train_config, train_variant,
+                       variant_run_dir)
 
 # ---------------------------------------------------------------------- the papers' numbers
-PAPER_NOTE = "paper: PASCAL-5i, ResNet-50 unless noted (a different dataset)"
+PAPER_NOTE = "paper: PASCAL-5i, ResNet-50 unless noted"
 
 
 def paper_value(table_key: str, variant, shot: int) -> str:
@@ -81,7 +81,7 @@ def table_rows(table, profile) -> pd.DataFrame:
     for fold in profile.folds:
         rows = run_ablation(table.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
                             results=evaluations_dir(profile), progress=False,
-                            recipe_args=profile.recipe)
+                            recipe_args=profile.recipe, benchmark=profile.benchmark)
         frames.append(rows)
     return pd.concat(frames, ignore_index=True)
 
@@ -95,15 +95,26 @@ def fb_iou_per_training_seed(rows: pd.DataFrame) -> pd.DataFrame:
     return (100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()).rename("fbiou").reset_index()
 
 
-def learnable_parameters(variant) -> int:
-    args = {**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(variant.model, {}), **variant.model_args}
-    return build_model(variant.model, **args).learnable_parameters()
+def learnable_parameters(variant, profile) -> int:
+    """Parameters the optimiser updates in ``variant``'s training configuration (weights not loaded)."""
+    config = train_config(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe,
+                          benchmark=profile.benchmark)
+    return build_model(variant.model, **{**config.model_args, "weights": None}).learnable_parameters()
+
+
+def _trained(variant, profile, source):
+    return train_variant(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe,
+                         benchmark=profile.benchmark, source=source)
+
+
+def _test_size(profile) -> int:
+    return profile.image_size or DEFAULT_SIZES[profile.benchmark]
 
 
 @torch.inference_mode()
-def ms_per_episode(model, pool: EpisodePool, repeats: int = 5) -> float:
+def ms_per_episode(model, pool: EpisodePool, size: int, repeats: int = 5) -> float:
     """Median wall time of one 1-shot episode (backbone included), on this machine."""
-    batch = collate_episodes([EpisodeDataset(pool, eval_transform(128), episodes=sample_episodes(pool, 1, shot=1))[0]])
+    batch = collate_episodes([EpisodeDataset(pool, eval_transform(size), episodes=sample_episodes(pool, 1, shot=1))[0]])
     model = model.eval()
     model(batch)
     times = []
@@ -125,8 +136,8 @@ def main_table(rows: pd.DataFrame, table, profile, source) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     reference = table.variants[0].name
     for variant in table.variants:
-        model = train_variant(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe)
-        params, ms = learnable_parameters(variant), ms_per_episode(model, pool)
+        model = _trained(variant, profile, source)
+        params, ms = learnable_parameters(variant, profile), ms_per_episode(model, pool, _test_size(profile))
         for shot in profile.shots:
             mine = miou[(miou.method == variant.name) & (miou.shot == shot)]
             per_fold = [with_interval(*interval95(mine[mine.fold == f]["miou"])) for f in folds]
@@ -186,7 +197,7 @@ def bar_chart(rows: pd.DataFrame, table, profile) -> Path:
     fig.suptitle(f"{table.title}  (blue: resolved vs its reference, orange: not resolved, grey: reference)",
                  fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, figure_name(profile, f"table_{table.key}.png"))
+    return save_figure(fig, figure_name(profile, f"table_{table.key}.png"), close=True)
 
 
 def learning_curves(table, profile) -> Path:
@@ -194,7 +205,8 @@ def learning_curves(table, profile) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for variant in table.variants:
-        run = variant_run_dir(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe)
+        run = variant_run_dir(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe,
+                              benchmark=profile.benchmark)
         if (run / "log.csv").exists():
             log = read_log(run)
             ax.plot(log["step"], log["loss"].rolling(5, min_periods=1).mean(), label=variant.name)
@@ -205,7 +217,7 @@ def learning_curves(table, profile) -> Path:
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, figure_name(profile, "learning_curves.png"))
+    return save_figure(fig, figure_name(profile, "learning_curves.png"), close=True)
 
 
 @torch.inference_mode()
@@ -213,11 +225,12 @@ def qualitative(table, profile, source, n: int = 4) -> Path:
     import matplotlib.pyplot as plt
 
     pool = EpisodePool.for_fold(source, profile.folds[0], "val")
-    dataset = EpisodeDataset(pool, eval_transform(128), episodes=sample_episodes(pool, n, shot=1, seed=5))
+    dataset = EpisodeDataset(pool, eval_transform(_test_size(profile)),
+                             episodes=sample_episodes(pool, n, shot=1, seed=5))
     batch = collate_episodes([dataset[i] for i in range(n)])
     predictions = {}
     for variant in table.variants:
-        model = train_variant(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe).eval()
+        model = _trained(variant, profile, source).eval()
         predictions[variant.name] = model.predict(model(batch))
     columns = 2 + len(predictions)
     fig, axes = plt.subplots(n, columns, figsize=(1.9 * columns, 1.9 * n), squeeze=False)
@@ -236,21 +249,34 @@ def qualitative(table, profile, source, n: int = 4) -> Path:
     fig.suptitle(f"the same test episodes for every method (fold {profile.folds[0]}, 1-shot, seed {profile.seeds[0]})",
                  fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, figure_name(profile, "qualitative_predictions.png"))
+    return save_figure(fig, figure_name(profile, "qualitative_predictions.png"), close=True)
 
 
 # ---------------------------------------------------------------------- all of it
+def describe_recipe(recipe: dict) -> str:
+    """``steps=150, batch_size=4; pfenet: lr=0.002`` for a profile's recipe changes."""
+    common = ", ".join(f"{k}={v}" for k, v in recipe.items() if k != "by_method")
+    methods = [f"{model}: " + ", ".join(f"{k}={v}" for k, v in changes.items())
+               for model, changes in recipe.get("by_method", {}).items()]
+    return "; ".join([common] * bool(common) + methods)
+
+
 def write_report(profile, source) -> Path:
     """Write ``tables.md``, one CSV of raw rows per table, and the figures; returns ``tables.md``."""
     from .reproduce import results_root, tables
 
     root = results_root(profile)
     root.mkdir(parents=True, exist_ok=True)
-    recipe = f"standard recipe with {profile.recipe}" if profile.recipe else "standard recipe"
+    if profile.benchmark == "synthetic":
+        recipe = f"standard recipe with {describe_recipe(profile.recipe)}" if profile.recipe else "standard recipe"
+        setting, paper = f"Synthetic benchmark, {recipe}", f"{PAPER_NOTE} (a different dataset)"
+    else:
+        changes = f" with {describe_recipe(profile.recipe)}" if profile.recipe else ""
+        setting, paper = f"{profile.benchmark}, the papers' recipes{changes}", PAPER_NOTE
     parts = [f"# Results of `python -m fsslib reproduce --profile {profile.name}`", "",
-             f"Synthetic benchmark, fold(s) {list(profile.folds)}, training seeds {list(profile.seeds)}, {recipe}; "
+             f"{setting}; fold(s) {list(profile.folds)}, training seeds {list(profile.seeds)}; "
              f"{profile.episodes} test episodes per shot (identical for every method). mIoU: class-wise accumulated "
-             "IoU; mean ± 95% interval over training seeds; differences paired per seed. " + PAPER_NOTE + "."]
+             f"IoU; mean ± 95% interval over training seeds; differences paired per seed. {paper}."]
     for table in tables():
         rows = table_rows(table, profile)
         rows.to_csv(root / f"{table.key}.csv", index=False)

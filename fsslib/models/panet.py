@@ -80,7 +80,19 @@ from torch import Tensor
 from .ops import IGNORE_INDEX, cosine_logits, hard_labels, masked_average_pooling, resize_to
 from .protonet import ProtoNet, ProtoNetConfig
 
-__all__ = ["PANet", "PANetConfig", "par_loss", "prototype_alignment"]
+__all__ = ["PANet", "PANetConfig", "REAL_DATA_RECIPE", "par_loss", "prototype_alignment"]
+
+#: The paper's training recipe (section 4.1), used for PANet and for ProtoNet (PANet without PAR):
+#: VGG-16 from ImageNet, trained end to end by SGD (momentum 0.9, weight decay 5e-4), 30,000
+#: iterations of one episode, learning rate 1e-3 divided by 10 every 10,000 iterations, 417x417
+#: input. Keys are :class:`fsslib.engine.trainer.TrainConfig` fields (``model_args`` holds
+#: :class:`PANetConfig` fields). The paper gives one recipe; COCO-20i uses it too.
+_PAPER_RECIPE = {
+    "model_args": {"backbone": "vgg16", "weights": "imagenet", "frozen_stages": (), "freeze_bn": False},
+    "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+    "step_size": 10_000, "gamma": 0.1, "steps": 30_000, "batch_size": 1, "image_size": 417,
+}
+REAL_DATA_RECIPE = {"pascal": _PAPER_RECIPE, "coco": _PAPER_RECIPE}
 
 
 @dataclass

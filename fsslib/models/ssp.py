@@ -147,6 +147,18 @@ from torch import Tensor, nn
 from .base import FewShotSegmenter, ModelConfig
 from .ops import IGNORE_INDEX, background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
 
+#: The authors' training recipe (``main.py`` of fanq15/SSP): ResNet-50 from ImageNet with the stem,
+#: layer1 and every BatchNorm frozen (the SSPConfig defaults), SGD (momentum 0.9, weight decay
+#: 5e-4), learning rate 1e-3 divided by 10 after one and two thirds of training, 24,000 training
+#: episodes in batches of 4 (6,000 steps), 473x473 crops. The stored sources give no separate COCO
+#: values, so COCO-20i uses the same. Keys are :class:`fsslib.engine.trainer.TrainConfig` fields
+#: (``model_args`` holds :class:`SSPConfig` fields).
+_AUTHORS_RECIPE = {
+    "model_args": {"backbone": "resnet50", "weights": "imagenet"},
+    "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+    "step_size": 2_000, "gamma": 0.1, "steps": 6_000, "batch_size": 4, "image_size": 473,
+}
+REAL_DATA_RECIPE = {"pascal": _AUTHORS_RECIPE, "coco": _AUTHORS_RECIPE}
 #: Refinement: FP_2 / BP_2 = w0 * (support) + w1 * (round 1) + w2 * (round-2 self-support mix).
 REFINE_PROTOTYPE_WEIGHTS = (0.5, 0.2, 0.3)
 #: Refinement: out_2 = w * match(FP_2, BP_2) + (1 - w) * out_1.
