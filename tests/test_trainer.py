@@ -116,3 +116,14 @@ def test_a_compiled_forward_trains_like_the_plain_one(synthetic_source, tmp_path
                                                                               rel=1e-5)
     for (name, a), b in zip(plain.state_dict().items(), compiled.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_a_finished_run_loads_without_building_its_dataset(synthetic_source, tmp_path, monkeypatch):
+    import fsslib.engine.episodic as episodic
+
+    config = small_config(steps=2)
+    trained = train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)
+    monkeypatch.setattr(episodic, "fewshot_dataset", lambda *a, **k: pytest.fail("dataset built for a finished run"))
+    loaded = train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name

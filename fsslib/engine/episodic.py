@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,9 +56,9 @@ def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None,
     torch.manual_seed(config.seed)  # the same seed initialises the same weights
     model = build_model(config.model, **config.model_args)
     if config.cache_features:
-        dataset = cached_fewshot_dataset(config, model, source)
+        dataset = partial(cached_fewshot_dataset, config, model, source)
     else:
-        dataset = fewshot_dataset(config, source)
+        dataset = partial(fewshot_dataset, config, source)
     trainer = Trainer(config, model, dataset, run_dir, collate_fn=collate_episodes)
     return trainer.fit(progress=progress, stop_after=stop_after)
 

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -165,15 +166,26 @@ class Trainer:
     ``(total, {name: value})``; every method and the pre-training classifier follow that contract.
     """
 
-    def __init__(self, config: TrainConfig, model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike,
-                 collate_fn=None, extra_config: dict | None = None):
-        self.config, self.model, self.dataset = config, model, dataset
+    def __init__(self, config: TrainConfig, model: nn.Module, dataset: Dataset | Callable[[], Dataset],
+                 run_dir: str | os.PathLike, collate_fn=None, extra_config: dict | None = None):
+        """``dataset`` may be a function that builds it: it is then called only when there are
+        steps left to run (building a cached-feature dataset takes seconds that loading a
+        finished run should not spend)."""
+        self.config, self.model = config, model
+        self._dataset = dataset
         self.run_dir = Path(run_dir)
         self.collate_fn = collate_fn
         self.device = default_device(config.device)
         self.record = {"train": asdict(config), **(extra_config or {})}
-        if len(dataset) < config.steps * config.batch_size:
-            raise ValueError(f"dataset has {len(dataset)} items; {config.steps} steps x {config.batch_size} needed")
+
+    @property
+    def dataset(self) -> Dataset:
+        if not isinstance(self._dataset, Dataset):
+            self._dataset = self._dataset()
+        config = self.config
+        if len(self._dataset) < config.steps * config.batch_size:
+            raise ValueError(f"dataset has {len(self._dataset)} items; {config.steps} steps x {config.batch_size} needed")
+        return self._dataset
 
     @property
     def finished(self) -> bool:

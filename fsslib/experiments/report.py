@@ -95,10 +95,14 @@ def fb_iou_per_training_seed(rows: pd.DataFrame) -> pd.DataFrame:
     return (100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()).rename("fbiou").reset_index()
 
 
-def learnable_parameters(variant, profile) -> int:
-    """Parameters the optimiser updates in ``variant``'s training configuration (weights not loaded)."""
-    config = train_config(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe,
-                          benchmark=profile.benchmark)
+def learnable_parameters(variant, profile=None) -> int:
+    """Parameters the optimiser updates in ``variant``'s training configuration (weights not
+    loaded); ``profile`` None = the synthetic benchmark's standard recipe."""
+    if profile is None:
+        config = train_config(variant, 0, 0)
+    else:
+        config = train_config(variant, profile.folds[0], profile.seeds[0], recipe_args=profile.recipe,
+                              benchmark=profile.benchmark)
     return build_model(variant.model, **{**config.model_args, "weights": None}).learnable_parameters()
 
 
