@@ -5,8 +5,9 @@ fields the method tables vary). :func:`find_variant` looks it up among the rows 
 ``reproduce`` runs (the trained rows and the test-time rows); :func:`evaluate_selection` then reads
 its rows in the table CSVs that ``reproduce`` wrote (the default profile's ``results/<table>.csv``,
 the ones the README shows) when every training seed is there, and otherwise trains the selection
-with a short recipe (one seed, a few hundred test episodes), labelled as such. The widgets only call these functions, so the notebook can also be
-run top to bottom without a browser (as the tests do).
+with a short recipe (one seed, a few hundred test episodes), labelled as such. The widgets only
+call these functions, so the notebook can also be run top to bottom without a browser (as the
+tests do).
 """
 from __future__ import annotations
 
