@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..analysis.plotting import overlay, save_figure
-from ..data import DEFAULT_SIZES, EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
+from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
 from ..engine.protocol import interval95, with_interval
 from ..engine.trainer import read_log
 from ..models import build_model
@@ -112,7 +112,9 @@ def _trained(variant, profile, source):
 
 
 def _test_size(profile) -> int:
-    return profile.image_size or DEFAULT_SIZES[profile.benchmark]
+    from .reproduce import protocol_of
+
+    return protocol_of(profile).size(profile.benchmark)
 
 
 @torch.inference_mode()

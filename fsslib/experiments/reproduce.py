@@ -39,7 +39,6 @@ from ..data import (DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, ev
 from ..data.summary import fold_summary, split_sizes
 from ..engine.protocol import EvalProtocol
 from ..engine.trainer import runs_dir
-from ..runtime import fast_mode
 from .ablation import Variant, _slug, run_ablation
 
 
@@ -63,8 +62,9 @@ class Profile:
 #: ``default`` fits 54 training runs and 87 evaluations in 45 minutes of a 2-core CPU: 150 steps
 #: of 4 episodes instead of 1000 of 8 (7.5% of the standard recipe's training episodes), and 300
 #: test episodes per shot instead of 1000. In so few steps the PFENet and MSPF heads, trained
-#: from scratch at the standard 5e-4, still predict background everywhere (0 mIoU, measured), so
-#: they take 2e-3 (41 mIoU after 150 steps; 5e-3 diverges) and MSDNet 1e-3 (44 vs 38).
+#: from scratch at the standard 5e-4, predicted background everywhere for every seed (0 mIoU,
+#: measured); at 2e-3 some seeds leave that solution (about 40 mIoU) and others do not, which the
+#: README states (1e-3 and 5e-3 were no better). MSDNet takes 1e-3 (44 mIoU vs 38 at 5e-4).
 #: ``fast`` runs the FSSLIB_FAST recipe (6 steps of 2 episodes) on the tiny benchmark.
 DEFAULT_RECIPE = {"steps": 150, "batch_size": 4,
                   "by_method": {"pfenet": {"lr": 2e-3}, "mspf": {"lr": 2e-3}, "msdnet": {"lr": 1e-3}}}
