@@ -364,3 +364,32 @@ def test_resnet50_layer3_features_and_trainable_stages():
     with torch.no_grad():
         out = model(_batch(65, b=1))
     assert out["query_features"].shape == (1, 1024, 9, 9) and out["logits"].shape == (1, 2, 65, 65)
+
+
+def test_gathered_attention_equals_the_masked_softmax_over_all_pixels_with_gradients():
+    """Gathering S_b (padded per batch) is an implementation detail: values and gradients are those
+    of the plain formulation, a softmax over every pixel with -inf outside S_b."""
+    torch.manual_seed(6)
+    feats = torch.randn(3, 8, 5, 4, requires_grad=True)
+    selection = torch.rand(3, 20) > 0.5
+    selection[2] = False
+    selection[2, 7] = True  # selections of very different sizes: the padding is exercised
+
+    def dense(f):
+        flat = f.flatten(2)
+        normed = F.normalize(flat, dim=1)
+        sim = 2.0 * torch.einsum("bcq,bcp->bqp", normed, normed)
+        att = sim.masked_fill(~selection.unsqueeze(1), float("-inf")).softmax(-1)
+        return att, torch.einsum("bxy,bcy->bcx", att, flat)
+
+    logits = torch.zeros(3, 2, 5, 4)
+    logits[:, 0] = torch.where(selection.view(3, 5, 4), 5.0, -5.0)  # p_b > 0.6 exactly on `selection`
+    ss = self_support(feats, logits)
+    assert torch.equal(ss.bg_selected.flatten(1), selection)
+    att_ref, asbp_ref = dense(feats)
+    torch.testing.assert_close(adaptive_background_attention(feats, selection, 2.0), att_ref)
+    torch.testing.assert_close(ss.asbp.flatten(2), asbp_ref)
+    weights = torch.randn_like(asbp_ref)
+    (grad,) = torch.autograd.grad((ss.asbp.flatten(2) * weights).sum(), feats)
+    (grad_ref,) = torch.autograd.grad((asbp_ref * weights).sum(), feats)
+    torch.testing.assert_close(grad, grad_ref)

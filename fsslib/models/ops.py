@@ -207,6 +207,8 @@ def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -
     eps = 1e-8
     features = F.normalize(features, dim=1, eps=eps)
     prototypes = F.normalize(prototypes, dim=2, eps=eps)
+    if prototypes.dim() == 5:  # one dot product per pixel: einsum would issue h*w tiny matrix products
+        return scale * (features.unsqueeze(1) * prototypes).sum(dim=2)
     return scale * torch.einsum(equation, features, prototypes)
 
 

@@ -77,8 +77,9 @@ Choices, checked against the authors' code where the paper is silent:
   or attended, the attention weights included. Nothing is detached.
 - ``BP_1`` does not contain the support background ``BP`` (it enters again only in ``BP_2``).
 - The background cosine with ASBP is taken pixel by pixel, ``cos(F(x), BP_1(x))``.
-- ASBP attends over the selected background pixels only: a softmax over all pixels with
-  ``-inf`` outside ``S_b`` (the query pixel itself is among them if it is selected). Features
+- ASBP attends over the selected background pixels only: they are gathered first (padded to
+  the batch's largest ``S_b``, padding masked with ``-inf``), so the cost grows with ``|S_b|``;
+  the query pixel itself is among them if it is selected. Features
   are normalised with ``F.normalize`` (a zero feature vector gives similarity 0, where the
   authors' plain division would give NaN); the weighted sum is over the *unnormalised* features.
 - The authors' code also builds an adaptive *foreground* prototype but never uses it; it is
@@ -131,8 +132,9 @@ their parameters are frozen too; the optimiser and parameter counts see only wha
   tensors themselves, for the loss and for figures).
 
 The ASBP attention ``a(x, .)`` of chosen query pixels: :meth:`SSP.background_attention` (or
-:func:`adaptive_background_attention`). Memory: ASBP builds ``[B, h*w, h*w]`` similarities
-(60 x 60 features, 32 episodes: 1.7 GB per float32 copy, a few copies at the peak).
+:func:`adaptive_background_attention`). Cost: ASBP compares every query pixel with the selected background pixels only,
+``[B, h*w, max_b |S_b|]`` similarities (:func:`gather_selected`); at most ``[B, h*w, h*w]`` (60 x 60
+features, 32 episodes: 1.7 GB per float32 copy, a few copies at the peak).
 """
 from __future__ import annotations
 
@@ -258,9 +260,36 @@ def selected_mean(features: Tensor, selection: Tensor) -> Tensor:
     return torch.einsum("bcp,bp->bc", features, weights) / weights.sum(dim=-1, keepdim=True)
 
 
+def gather_selected(features: Tensor, selection: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The feature vectors of the selected pixels, padded to the largest selection of the batch.
+
+    Attending over ``S_b`` alone costs ``P x |S_b|`` per episode instead of ``P x P`` (the authors
+    index the selected pixels too); episodes of a batch select different numbers of pixels, so the
+    shorter selections are padded with unselected pixels marked invalid.
+
+    Args:
+        features: ``[B, C, P]``.
+        selection: bool ``[B, P]``.
+
+    Returns:
+        ``(selected [B, C, N], valid bool [B, N], index long [B, N])`` with ``N = max_b |S_b|``:
+        the selected pixels come first in each row (in pixel order), ``index`` says which pixels.
+    """
+    n = int(selection.sum(dim=-1).max())
+    index = selection.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :n]
+    selected = features.gather(2, index.unsqueeze(1).expand(-1, features.shape[1], -1))
+    return selected, selection.gather(1, index), index
+
+
+def _attention_over_selected(queries: Tensor, keys: Tensor, valid: Tensor, scale: float) -> Tensor:
+    """``softmax_y(scale * cos(x, y))`` over the valid keys: ``[B, C, Q]``, ``[B, C, N]`` -> ``[B, Q, N]``."""
+    similarity = scale * torch.einsum("bcq,bcn->bqn", F.normalize(queries, dim=1), F.normalize(keys, dim=1))
+    return similarity.masked_fill(~valid.unsqueeze(1), float("-inf")).softmax(dim=-1)
+
+
 def adaptive_background_attention(features: Tensor, selection: Tensor, scale: float = 2.0,
                                   query_index: Tensor | None = None) -> Tensor:
-    """ASBP weights: softmax over the selected pixels of ``scale * cos(F(x), F(y))``.
+    """ASBP weights: softmax over the selected pixels of ``scale * cos(F(x), F(y))``, as full maps.
 
     Args:
         features: ``[B, C, h, w]`` or flattened ``[B, C, P]``.
@@ -274,15 +303,17 @@ def adaptive_background_attention(features: Tensor, selection: Tensor, scale: fl
         ``[B, Q, P]`` (``Q = P`` when ``query_index`` is None); each row sums to 1 over ``S_b``
         and is 0 elsewhere.
     """
-    feats = F.normalize(features.flatten(2), dim=1)  # [B, C, P]
+    feats = features.flatten(2)  # [B, C, P]
     if query_index is None:
         queries = feats
     elif query_index.dim() == 1:
         queries = feats[:, :, query_index.to(feats.device)]
     else:
         queries = feats.gather(2, query_index.to(feats.device).unsqueeze(1).expand(-1, feats.shape[1], -1))
-    similarity = scale * torch.einsum("bcq,bcp->bqp", queries, feats)
-    return similarity.masked_fill(~selection.flatten(1).unsqueeze(1), float("-inf")).softmax(dim=-1)
+    keys, valid, index = gather_selected(feats, selection.flatten(1))
+    weights = _attention_over_selected(queries, keys, valid, scale)  # [B, Q, N]
+    maps = weights.new_zeros(*weights.shape[:2], feats.shape[-1])
+    return maps.scatter(2, index.unsqueeze(1).expand(-1, weights.shape[1], -1), weights)
 
 
 class SelfSupport(NamedTuple):
@@ -303,7 +334,7 @@ def self_support(features: Tensor, logits: Tensor, fg_threshold: float = 0.7, bg
     Args:
         features: query features ``[B, C, h, w]``.
         logits: ``[B, 2, h, w]`` (background, foreground) at the same resolution.
-        adaptive: compute ASBP (the only costly part: ``[B, h*w, h*w]``).
+        adaptive: compute ASBP (the only costly part: ``[B, h*w, |S_b|]`` similarities).
     """
     b, c, h, w = features.shape
     probs = logits.float().softmax(dim=1)
@@ -313,8 +344,9 @@ def self_support(features: Tensor, logits: Tensor, fg_threshold: float = 0.7, bg
     feats = features.flatten(2)
     asbp = None
     if adaptive:
-        attention = adaptive_background_attention(feats, bg_sel, asbp_scale)  # [B, P(x), P(y)]
-        asbp = torch.einsum("bxy,bcy->bcx", attention.to(feats.dtype), feats).view(b, c, h, w)
+        background, valid, _ = gather_selected(feats, bg_sel)  # [B, C, N]
+        attention = _attention_over_selected(feats, background, valid, asbp_scale)  # [B, P, N]
+        asbp = torch.einsum("bxn,bcn->bcx", attention.to(feats.dtype), background).view(b, c, h, w)
     return SelfSupport(probs, fg_sel.view(b, h, w), bg_sel.view(b, h, w), selected_mean(feats, fg_sel),
                        selected_mean(feats, bg_sel), asbp)
 
