@@ -47,12 +47,15 @@ def _prior_loop(query, support, weights, reduction, eps):
     return out
 
 
-@pytest.fixture
-def tensors():
+@pytest.fixture(params=["a shot covered by its object", "every object smaller than its map"])
+def tensors(request):
+    """Masked supports. The priors skip masked-out cells when every shot has some (second case)."""
     torch.manual_seed(0)
     query = torch.randn(2, 5, 3, 4)
     support = torch.randn(2, 2, 5, 4, 3)
     weights = torch.rand(2, 2, 4, 3)
+    if request.param == "every object smaller than its map":
+        weights[..., 0, :] = 0.0
     weights[0, 1] = 0.0
     weights[0, 1, 1, 2] = 1.0  # a one-cell object
     support = support * weights.unsqueeze(2)  # masked, as the callers pass them

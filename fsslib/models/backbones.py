@@ -94,6 +94,29 @@ class Backbone(nn.Module):
             x = module(x)
         return x
 
+    def receptive_radius(self, name: str) -> int | None:
+        """How far, in cells, stage ``name`` looks around an output cell; None if it resamples.
+
+        The sum over the stage's convolutions and poolings of ``dilation * (kernel - 1) // 2``: an
+        upper bound on the radius along any path through it (a residual block's shortcut adds
+        nothing). None when one of them has a stride or a padding that changes the size, so the
+        output grid is not the input grid. Used to run ``layer4`` on a crop around the support
+        object (:func:`fsslib.models.pfenet.masked_high_level`).
+        """
+        radius = 0
+        for stage_module in self.stage_modules(name):
+            for module in stage_module.modules():
+                if not isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                    continue
+                kernel, stride, padding = (nn.modules.utils._pair(getattr(module, attr))
+                                           for attr in ("kernel_size", "stride", "padding"))
+                dilation = nn.modules.utils._pair(getattr(module, "dilation", 1))
+                reach = [d * (k - 1) // 2 for k, d in zip(kernel, dilation)]
+                if stride != (1, 1) or list(padding) != reach:
+                    return None
+                radius += max(reach)
+        return radius
+
     def forward(self, images: Tensor, upto: str = "layer4") -> dict[str, Tensor]:
         """Run the stages in order up to and including ``upto``.
 

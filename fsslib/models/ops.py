@@ -19,6 +19,7 @@ __all__ = [
     "background_mask",
     "cosine_logits",
     "foreground_mask",
+    "gather_cells",
     "hard_labels",
     "mask_to_feature_size",
     "masked_average_pooling",
@@ -210,6 +211,29 @@ def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -
     if prototypes.dim() == 5:  # one dot product per pixel: einsum would issue h*w tiny matrix products
         return scale * (features.unsqueeze(1) * prototypes).sum(dim=2)
     return scale * torch.einsum(equation, features, prototypes)
+
+
+def gather_cells(values: Tensor, selection: Tensor, keep: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The selected cells of each map, first and in cell order, padded to one count per batch.
+
+    Some similarities only need a few cells of a map (SSP's confident background, the support
+    object of a prior mask); gathering them turns a ``[P, P]`` similarity into ``[P, N]``.
+
+    Args:
+        values: ``[..., C, P]`` (P cells of C channels).
+        selection: bool ``[..., P]``, the same leading dimensions.
+        keep: columns to return; default the largest selection. Maps with fewer selected cells
+            (or a larger ``keep``) are padded with their unselected cells, in cell order.
+
+    Returns:
+        ``(cells [..., C, keep], valid bool [..., keep], index long [..., keep])``: ``valid`` marks
+        the selected cells, ``index`` says which cell each column is.
+    """
+    if keep is None:
+        keep = int(selection.sum(dim=-1).max())
+    index = selection.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[..., :keep]
+    cells = values.gather(-1, index.unsqueeze(-2).expand(*values.shape[:-1], keep))
+    return cells, selection.gather(-1, index), index
 
 
 def hard_labels(logits: Tensor) -> Tensor:

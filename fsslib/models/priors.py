@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import mask_to_feature_size, resize_to
+from .ops import gather_cells, mask_to_feature_size, resize_to
 
 __all__ = [
     "PRIOR_EPS",
@@ -121,7 +121,14 @@ def max_cosine_prior(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> 
     Returns:
         ``[B, K, h, w]``: one min-max normalised prior per shot.
     """
-    # one shot at a time: the [B, h'w', hw] similarity matrix is the largest tensor here
+    # A masked-out support cell is a zero vector, whose cosine with every query cell is exactly 0:
+    # the max needs the object's cells and one zero cell, not all h'w' of them.
+    cells = support.flatten(3)  # [B, K, C, h'w']
+    on_object = cells.ne(0).any(dim=2)
+    count = int(on_object.sum(dim=-1).max())
+    if count < cells.shape[-1]:
+        support = gather_cells(cells, on_object, keep=count + 1)[0].unsqueeze(-1)  # [B, K, C, N, 1]
+    # one shot at a time: the [B, N, hw] similarity matrix is the largest tensor here
     similarity = torch.stack([_shot_cosine(query, support, k, eps).max(dim=1).values
                               for k in range(support.shape[1])], dim=1)  # [B, K, hw]
     return min_max_normalize(similarity.unflatten(-1, query.shape[-2:]), eps)
@@ -146,9 +153,16 @@ def mean_cosine_prior(query: Tensor, support: Tensor, support_weights: Tensor, e
         raise ValueError(f"support_weights must be [B, K, h', w'] = {tuple(support.shape[:2] + support.shape[3:])}, "
                          f"got {tuple(support_weights.shape)}")
     weights = support_weights.flatten(2).to(query.dtype)  # [B, K, h'w']
+    total_weight = weights.sum(dim=2, keepdim=True)
+    # cells of weight 0 add nothing to the sum: compare the query with the weighted cells only
+    weighted = weights > 0
+    count = int(weighted.sum(dim=-1).max())
+    if count < weights.shape[-1]:
+        cells, _, index = gather_cells(support.flatten(3), weighted, keep=max(count, 1))
+        support, weights = cells.unsqueeze(-1), weights.gather(-1, index)  # [B, K, C, N, 1], [B, K, N]
     weighted_sums = torch.stack([torch.einsum("bs,bsq->bq", weights[:, k], _shot_cosine(query, support, k, eps))
                                  for k in range(support.shape[1])], dim=1)  # [B, K, hw]
-    similarity = weighted_sums / (weights.sum(dim=2, keepdim=True) + eps)
+    similarity = weighted_sums / (total_weight + eps)
     return min_max_normalize(similarity.unflatten(-1, query.shape[-2:]), eps)
 
 

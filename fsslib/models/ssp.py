@@ -133,7 +133,7 @@ their parameters are frozen too; the optimiser and parameter counts see only wha
 
 The ASBP attention ``a(x, .)`` of chosen query pixels: :meth:`SSP.background_attention` (or
 :func:`adaptive_background_attention`). Cost: ASBP compares every query pixel with the selected background pixels only,
-``[B, h*w, max_b |S_b|]`` similarities (:func:`gather_selected`); at most ``[B, h*w, h*w]`` (60 x 60
+``[B, h*w, max_b |S_b|]`` similarities (:func:`~fsslib.models.ops.gather_cells`); at most ``[B, h*w, h*w]`` (60 x 60
 features, 32 episodes: 1.7 GB per float32 copy, a few copies at the peak).
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FewShotSegmenter, ModelConfig
-from .ops import IGNORE_INDEX, background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
+from .ops import IGNORE_INDEX, background_mask, foreground_mask, gather_cells, masked_average_pooling, resize_to
 
 #: The authors' training recipe (``main.py`` of fanq15/SSP): ResNet-50 from ImageNet with the stem,
 #: layer1 and every BatchNorm frozen (the SSPConfig defaults), SGD (momentum 0.9, weight decay
@@ -161,6 +161,8 @@ _AUTHORS_RECIPE = {
     "step_size": 2_000, "gamma": 0.1, "steps": 6_000, "batch_size": 4, "image_size": 473,
 }
 REAL_DATA_RECIPE = {"pascal": _AUTHORS_RECIPE, "coco": _AUTHORS_RECIPE}
+#: Norms are clamped at this in the cosine (``F.cosine_similarity``'s eps), so a zero vector scores 0.
+COSINE_EPS = 1e-8
 #: Refinement: FP_2 / BP_2 = w0 * (support) + w1 * (round 1) + w2 * (round-2 self-support mix).
 REFINE_PROTOTYPE_WEIGHTS = (0.5, 0.2, 0.3)
 #: Refinement: out_2 = w * match(FP_2, BP_2) + (1 - w) * out_1.
@@ -232,14 +234,32 @@ def support_prototypes(support_feats: Tensor, support_masks: Tensor, eps: float 
     return fg.unflatten(0, (b, k)), bg.unflatten(0, (b, k))
 
 
-def match(features: Tensor, fg: Tensor, bg: Tensor, scale: float) -> Tensor:
+def match(features: Tensor, fg: Tensor, bg: Tensor, scale: float, unit: Tensor | None = None) -> Tensor:
     """Two-channel cosine logits ``[B, 2, h, w]`` = ``scale * (cos(F, bg), cos(F, fg))``.
+
+    The semantics of :func:`~fsslib.models.ops.cosine_logits` (each norm clamped at 1e-8).
 
     Args:
         features: ``[B, C, h, w]``.
         fg, bg: ``[B, C]`` (one prototype) or ``[B, C, h, w]`` (one prototype per pixel).
+        unit: ``unit_vectors(features)`` when the caller has it: the head matches the same query
+            features three times, and at 60 x 60 x 1024 normalising costs more than the products.
     """
-    return torch.cat([cosine_logits(features, p.unsqueeze(1), scale) for p in (bg, fg)], dim=1)
+    if unit is None:
+        unit = unit_vectors(features)
+    return scale * torch.stack([_cosine_with_unit(unit, p) for p in (bg, fg)], dim=1)
+
+
+def unit_vectors(features: Tensor) -> Tensor:
+    """``F(x) / max(|F(x)|, 1e-8)`` along the channels of ``[B, C, ...]``."""
+    return F.normalize(features, dim=1, eps=COSINE_EPS)
+
+
+def _cosine_with_unit(unit: Tensor, prototype: Tensor) -> Tensor:
+    """``cos`` of unit vectors ``[B, C, h, w]`` with ``[B, C]`` or per-pixel ``[B, C, h, w]`` -> ``[B, h, w]``."""
+    if prototype.dim() == 2:
+        return torch.einsum("bchw,bc->bhw", unit, F.normalize(prototype, dim=1, eps=COSINE_EPS))
+    return (unit * prototype).sum(dim=1) / prototype.norm(dim=1).clamp_min(COSINE_EPS)
 
 
 def confident_pixels(prob: Tensor, threshold: float, fallback_topk: int) -> Tensor:
@@ -260,30 +280,10 @@ def selected_mean(features: Tensor, selection: Tensor) -> Tensor:
     return torch.einsum("bcp,bp->bc", features, weights) / weights.sum(dim=-1, keepdim=True)
 
 
-def gather_selected(features: Tensor, selection: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The feature vectors of the selected pixels, padded to the largest selection of the batch.
-
-    Attending over ``S_b`` alone costs ``P x |S_b|`` per episode instead of ``P x P`` (the authors
-    index the selected pixels too); episodes of a batch select different numbers of pixels, so the
-    shorter selections are padded with unselected pixels marked invalid.
-
-    Args:
-        features: ``[B, C, P]``.
-        selection: bool ``[B, P]``.
-
-    Returns:
-        ``(selected [B, C, N], valid bool [B, N], index long [B, N])`` with ``N = max_b |S_b|``:
-        the selected pixels come first in each row (in pixel order), ``index`` says which pixels.
-    """
-    n = int(selection.sum(dim=-1).max())
-    index = selection.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :n]
-    selected = features.gather(2, index.unsqueeze(1).expand(-1, features.shape[1], -1))
-    return selected, selection.gather(1, index), index
-
-
-def _attention_over_selected(queries: Tensor, keys: Tensor, valid: Tensor, scale: float) -> Tensor:
-    """``softmax_y(scale * cos(x, y))`` over the valid keys: ``[B, C, Q]``, ``[B, C, N]`` -> ``[B, Q, N]``."""
-    similarity = scale * torch.einsum("bcq,bcn->bqn", F.normalize(queries, dim=1), F.normalize(keys, dim=1))
+def _attention_over_selected(unit_queries: Tensor, unit_keys: Tensor, valid: Tensor, scale: float) -> Tensor:
+    """``softmax_y(scale * cos(x, y))`` over the valid keys, from unit vectors: ``[B, C, Q]``, ``[B, C, N]``
+    -> ``[B, Q, N]``."""
+    similarity = scale * torch.einsum("bcq,bcn->bqn", unit_queries, unit_keys)
     return similarity.masked_fill(~valid.unsqueeze(1), float("-inf")).softmax(dim=-1)
 
 
@@ -303,14 +303,14 @@ def adaptive_background_attention(features: Tensor, selection: Tensor, scale: fl
         ``[B, Q, P]`` (``Q = P`` when ``query_index`` is None); each row sums to 1 over ``S_b``
         and is 0 elsewhere.
     """
-    feats = features.flatten(2)  # [B, C, P]
+    feats = unit_vectors(features.flatten(2))  # [B, C, P]
     if query_index is None:
         queries = feats
     elif query_index.dim() == 1:
         queries = feats[:, :, query_index.to(feats.device)]
     else:
         queries = feats.gather(2, query_index.to(feats.device).unsqueeze(1).expand(-1, feats.shape[1], -1))
-    keys, valid, index = gather_selected(feats, selection.flatten(1))
+    keys, valid, index = gather_cells(feats, selection.flatten(1))
     weights = _attention_over_selected(queries, keys, valid, scale)  # [B, Q, N]
     maps = weights.new_zeros(*weights.shape[:2], feats.shape[-1])
     return maps.scatter(2, index.unsqueeze(1).expand(-1, weights.shape[1], -1), weights)
@@ -328,13 +328,15 @@ class SelfSupport(NamedTuple):
 
 
 def self_support(features: Tensor, logits: Tensor, fg_threshold: float = 0.7, bg_threshold: float = 0.6,
-                 fallback_topk: int = 12, asbp_scale: float = 2.0, adaptive: bool = True) -> SelfSupport:
+                 fallback_topk: int = 12, asbp_scale: float = 2.0, adaptive: bool = True,
+                 unit: Tensor | None = None) -> SelfSupport:
     """The self-support module: query prototypes from the confident pixels of a prediction.
 
     Args:
         features: query features ``[B, C, h, w]``.
         logits: ``[B, 2, h, w]`` (background, foreground) at the same resolution.
         adaptive: compute ASBP (the only costly part: ``[B, h*w, |S_b|]`` similarities).
+        unit: ``unit_vectors(features)``, if the caller has it.
     """
     b, c, h, w = features.shape
     probs = logits.float().softmax(dim=1)
@@ -344,8 +346,11 @@ def self_support(features: Tensor, logits: Tensor, fg_threshold: float = 0.7, bg
     feats = features.flatten(2)
     asbp = None
     if adaptive:
-        background, valid, _ = gather_selected(feats, bg_sel)  # [B, C, N]
-        attention = _attention_over_selected(feats, background, valid, asbp_scale)  # [B, P, N]
+        # S_b alone, padded to the batch's largest: P x |S_b| similarities, not P x P
+        unit = (unit_vectors(features) if unit is None else unit).flatten(2)
+        background, valid, index = gather_cells(feats, bg_sel)  # [B, C, N]
+        unit_background = unit.gather(2, index.unsqueeze(1).expand_as(background))
+        attention = _attention_over_selected(unit, unit_background, valid, asbp_scale)  # [B, P, N]
         asbp = torch.einsum("bxn,bcn->bcx", attention.to(feats.dtype), background).view(b, c, h, w)
     return SelfSupport(probs, fg_sel.view(b, h, w), bg_sel.view(b, h, w), selected_mean(feats, fg_sel),
                        selected_mean(feats, bg_sel), asbp)
@@ -410,10 +415,10 @@ class SSP(FewShotSegmenter):
             bg = bp
         return fg, bg
 
-    def _self_support(self, features: Tensor, logits: Tensor) -> SelfSupport:
+    def _self_support(self, features: Tensor, logits: Tensor, unit: Tensor) -> SelfSupport:
         cfg = self.config
         return self_support(features, logits, cfg.fg_threshold, cfg.bg_threshold, cfg.fallback_topk,
-                            cfg.asbp_scale, adaptive=cfg.use_asbp)
+                            cfg.asbp_scale, adaptive=cfg.use_asbp, unit=unit)
 
     # ------------------------------------------------------------------ head
     def head(self, query_feats, support_feats, support_masks, way, out_size):
@@ -429,7 +434,8 @@ class SSP(FewShotSegmenter):
 
         fg_shots, bg_shots = support_prototypes(fs, support_masks, cfg.eps)
         fp, bp = fg_shots.mean(dim=1), bg_shots.mean(dim=1)
-        out0 = match(fq, fp, bp, cfg.scale)
+        unit = unit_vectors(fq)  # every match and ASBP similarity compares the same query vectors
+        out0 = match(fq, fp, bp, cfg.scale, unit)
         output = {
             "logits_plain": up(out0),
             "probs_plain": out0.float().softmax(dim=1),
@@ -441,9 +447,9 @@ class SSP(FewShotSegmenter):
         if not (cfg.use_ssfp or cfg.use_ssbp or cfg.use_asbp):
             fp1, bp1, out1 = fp, bp, out0
         else:
-            ss1 = self._self_support(fq, out0)
+            ss1 = self._self_support(fq, out0, unit)
             fp1, bp1 = self._self_support_prototypes(fp, bp, ss1)
-            out1 = match(fq, fp1, bp1, cfg.scale)
+            out1 = match(fq, fp1, bp1, cfg.scale, unit)
             output.update(fg_selected=ss1.fg_selected, bg_selected=ss1.bg_selected, ssfp=ss1.ssfp, ssbp=ss1.ssbp,
                           fg_proto_1=fp1, bg_proto_1=bp1)
             if ss1.asbp is not None:
@@ -456,14 +462,14 @@ class SSP(FewShotSegmenter):
         if not (cfg.use_ssfp or cfg.use_ssbp or cfg.use_asbp):
             fp2, bp2 = fp, bp
         else:
-            ss2 = self._self_support(fq, out1)
+            ss2 = self._self_support(fq, out1, unit)
             fp2_ss, bp2_ss = self._self_support_prototypes(fp, bp, ss2)
             w_support, w_round1, w_round2 = REFINE_PROTOTYPE_WEIGHTS
             fp2 = weighted_sum((w_support, fp), (w_round1, fp1), (w_round2, fp2_ss))
             bp2 = weighted_sum((w_support, bp), (w_round1, bp1), (w_round2, bp2_ss))
             output.update(probs_out1=ss2.probs, fg_selected_2=ss2.fg_selected, bg_selected_2=ss2.bg_selected,
                           fg_proto_2=fp2, bg_proto_2=bp2)
-        out2 = REFINE_OUTPUT_WEIGHT * match(fq, fp2, bp2, cfg.scale) + (1 - REFINE_OUTPUT_WEIGHT) * out1
+        out2 = REFINE_OUTPUT_WEIGHT * match(fq, fp2, bp2, cfg.scale, unit) + (1 - REFINE_OUTPUT_WEIGHT) * out1
         output["logits"] = up(out2)
         return output
 
