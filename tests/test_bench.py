@@ -17,5 +17,9 @@ def test_training_rows_run_each_method_in_its_own_process():
     (_, _, protonet_peak, protonet_cached, _), (_, seconds, _, pfenet_cached, params) = rows
     assert seconds > 0 and protonet_peak > 50 * 2**20 and params > 0
     assert (protonet_cached, pfenet_cached) == (False, True)  # the recipes: frozen backbones train on cached features
-    table = format_bench(inference_rows(["ssp"], shots=(1,), repeats=1, size=65), rows)
-    assert "| ssp | 1 |" in table and "| pfenet |" in table
+    (ssp,) = inference_rows(["ssp"], shots=(1,), repeats=1, size=65)
+    first, second, cells = ssp.background_selected
+    assert cells == 9 * 9 and 1 <= first <= cells and 1 <= second <= cells  # 65 px: 9 x 9 cells at stride 8
+    assert ssp.head_all_background_s > 0
+    table = format_bench([ssp], rows)
+    assert "| ssp | 1 |" in table and "| pfenet |" in table and f"of {cells} cells in S_b" in table

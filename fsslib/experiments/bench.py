@@ -9,6 +9,11 @@ Three measurements, each printed as a table:
    at layer3): that is the floor of the ratio.
    A second column divides by a torchvision ResNet-50 forward at 473 (not dilated),
    the denominator of the authors'-implementation ratios in :data:`AUTHORS_RATIOS`.
+   The support object covers the middle half of the rows and third of the columns. Two heads
+   cost what the data make them cost: PFENet's and MSPF's support layer4 and every max/mean
+   cosine prior touch only the object's cells (and their neighbourhood), and SSP's ASBP compares
+   every query cell with the selected background ``S_b`` only; random weights select few cells,
+   so SSP is also timed with every cell in ``S_b``, its most expensive case.
 2. **Evaluation with the frozen-feature cache** (``engine.feature_cache``) vs features recomputed
    per episode, for a protocol of ``episodes x seeds`` episodes served by ``images`` test images
    (a PASCAL-5i fold: a few hundred images). Computed from measured times: without the cache
@@ -74,6 +79,10 @@ class InferenceRow:
     torchvision_s: float
     extract_s: float
     head_s: float
+    #: SSP only: the head with every pixel in the ASBP set S_b (random weights select a few)
+    head_all_background_s: float | None = None
+    #: SSP only: |S_b| of the two self-support rounds and the number of feature cells
+    background_selected: tuple[int, int, int] | None = None
 
     @property
     def ratio(self) -> float:
@@ -88,8 +97,10 @@ class InferenceRow:
     def ratio_torchvision(self) -> float:
         return self.episode_s / self.torchvision_s
 
-    def cache_speedup(self, images: int, episodes: int) -> float:
-        return episodes * self.episode_s / (images * self.extract_s + episodes * self.head_s)
+    def cache_speedup(self, images: int, episodes: int, head_s: float | None = None) -> float:
+        head_s = self.head_s if head_s is None else head_s
+        episode_s = self.episode_s + head_s - self.head_s
+        return episodes * episode_s / (images * self.extract_s + episodes * head_s)
 
 
 @torch.inference_mode()
@@ -115,9 +126,21 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
             batch = _episode(method_size, shot, device)
             episode_time = _median_time(lambda: model(batch), repeats)
             query_feats, support_feats = model.episode_features(batch)
-            head_time = _median_time(lambda: model.head(query_feats, support_feats, batch["support_masks"], 1,
-                                                        (method_size, method_size)), repeats)
-            rows.append(InferenceRow(method, shot, episode_time, backbone_time, tv_time, extract_time, head_time))
+
+            def head():
+                return model.head(query_feats, support_feats, batch["support_masks"], 1, (method_size, method_size))
+
+            row = InferenceRow(method, shot, episode_time, backbone_time, tv_time, extract_time,
+                               _median_time(head, repeats))
+            if method == "ssp":  # ASBP costs h*w x |S_b|: also time the largest S_b, every pixel
+                output = head()
+                row.background_selected = (int(output["bg_selected"].sum()), int(output["bg_selected_2"].sum()),
+                                           output["bg_selected"].numel())
+                threshold = model.config.bg_threshold
+                model.config.bg_threshold = -1.0  # every probability passes
+                row.head_all_background_s = _median_time(head, repeats)
+                model.config.bg_threshold = threshold
+            rows.append(row)
     return rows
 
 
@@ -222,6 +245,12 @@ def format_bench(inference: list[InferenceRow], training, images: int = 500, epi
               "| method | shot | speed-up with the cache |", "|---|---|---|"]
     for row in inference:
         lines.append(f"| {row.method} | {row.shot} | {row.cache_speedup(images, episodes):.1f}x |")
+    for row in (r for r in inference if r.head_all_background_s is not None):
+        first, second, cells = row.background_selected
+        lines.append(f"\nSSP {row.shot}-shot: random weights put {first} and {second} of {cells} cells in S_b "
+                     f"(rounds 1 and 2); with every cell in S_b the head takes {1000 * row.head_all_background_s:.0f} ms "
+                     f"instead of {1000 * row.head_s:.0f} ms and the cache speed-up is "
+                     f"{row.cache_speedup(images, episodes, row.head_all_background_s):.1f}x.")
     lines += ["", "Training step (synthetic recipe: 8 one-shot episodes at 128x128, small backbone):", "",
               "| method | s / step | peak memory (MiB) | head on cached features | learnable parameters |",
               "|---|---|---|---|---|"]
