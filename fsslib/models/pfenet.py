@@ -191,9 +191,10 @@ def masked_high_level(backbone, support_layer3: Tensor, foreground: Tensor, crop
     bounding box (the union over the N supports, two cells wider to cover bilinear and area
     resizing) plus layer4's receptive radius: inside the box the result is exactly the full
     computation's, since every cell the box's outputs depend on is inside the crop; outside it
-    is returned as 0. On a 473-pixel support showing a third of the image, layer4 (a dilated
-    ResNet layer4 costs about three ResNet-50 forwards at this size) then touches about half the
-    cells. Falls back to the whole map when layer4 resamples (no receptive radius).
+    is returned as 0. A dilated ResNet layer4 costs about three ResNet-50 forwards at 473 pixels;
+    for an object spanning half the rows and a third of the columns it then computes two thirds
+    of the 60 x 60 cells (the radius is 10 cells), for a small object far fewer. Falls back to the
+    whole map when layer4 resamples (no receptive radius).
     """
     with torch.no_grad():
         weights = mask_to_feature_size(foreground, support_layer3.shape[-2:]).to(support_layer3.dtype)
