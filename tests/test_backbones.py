@@ -20,13 +20,7 @@ EXPECTED = {  # name: (input size, channels of layer1..layer4, strides of layer1
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """On these tiny inputs, thread synchronisation costs more than the convolutions."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module", params=BACKBONE_NAMES)

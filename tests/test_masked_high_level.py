@@ -12,12 +12,7 @@ from batches import episode_batch  # tests/batches.py
 SIZE = 160  # small CNN: 20 x 20 layer3 / layer4 cells, receptive radius of layer4: 4
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _corner_batch(b=2, k=2):

@@ -20,12 +20,7 @@ from fsslib.models.msdnet import (
 from batches import episode_batch  # tests/batches.py
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _batch(b=2, k=1, size=64, seed=0):

@@ -15,12 +15,7 @@ from batches import episode_batch  # tests/batches.py
 BINS = [(8, 8), (4, 4), (2, 2), (1, 1)]  # small CNN at 64x64: 8x8 features
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _batch(b=2, k=1, size=64, seed=0):
