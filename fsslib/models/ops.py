@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "COSINE_EPS",
     "IGNORE_INDEX",
     "background_mask",
     "cosine_logits",
@@ -24,6 +25,7 @@ __all__ = [
     "mask_to_feature_size",
     "masked_average_pooling",
     "resize_to",
+    "unit_vectors",
 ]
 
 IGNORE_INDEX = 255
@@ -168,7 +170,17 @@ def masked_average_pooling(
     return weighted_sum / (area.unsqueeze(1) + eps)
 
 
-def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -> Tensor:
+#: Norms are clamped at this in cosine similarities (``F.cosine_similarity``'s eps), so a zero
+#: vector scores 0 rather than NaN.
+COSINE_EPS = 1e-8
+
+
+def unit_vectors(features: Tensor, dim: int = 1) -> Tensor:
+    """``v / max(|v|, 1e-8)`` along ``dim`` (the channels of ``[B, C, ...]`` by default)."""
+    return F.normalize(features, dim=dim, eps=COSINE_EPS)
+
+
+def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor, unit: Tensor | None = None) -> Tensor:
     r"""Scaled cosine similarity between every feature vector and every prototype.
 
     .. math::
@@ -186,6 +198,8 @@ def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -
         prototypes: ``[B, P, C]`` (one vector per prototype) or ``[B, P, C, h, w]`` (a vector
             per prototype and pixel, e.g. SSP's adaptive background prototypes).
         scale: ``s``, a number or a (learnable) scalar tensor.
+        unit: ``unit_vectors(features)`` when the caller has it (SSP matches the same query
+            features several times; at 60 x 60 x 1024, normalising costs more than the products).
 
     Returns:
         ``[B, P, h, w]``: channel ``p`` scores prototype ``p`` (e.g. ``[background, foreground]``).
@@ -194,10 +208,9 @@ def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -
         raise ValueError(f"features must be [B, C, h, w], got shape {tuple(features.shape)}")
     batch, channels, height, width = features.shape
     if prototypes.dim() == 3:
-        expected, equation = (batch, prototypes.shape[1], channels), "bchw,bpc->bphw"
+        expected = (batch, prototypes.shape[1], channels)
     elif prototypes.dim() == 5:
         expected = (batch, prototypes.shape[1], channels, height, width)
-        equation = "bchw,bpchw->bphw"
     else:
         expected = None
     if expected is None or tuple(prototypes.shape) != expected:
@@ -205,12 +218,11 @@ def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -
             f"prototypes must be [B, P, C] or [B, P, C, h, w] with B, C, h, w = {batch}, "
             f"{channels}, {height}, {width} (from features), got shape {tuple(prototypes.shape)}"
         )
-    eps = 1e-8
-    features = F.normalize(features, dim=1, eps=eps)
-    prototypes = F.normalize(prototypes, dim=2, eps=eps)
-    if prototypes.dim() == 5:  # one dot product per pixel: einsum would issue h*w tiny matrix products
-        return scale * (features.unsqueeze(1) * prototypes).sum(dim=2)
-    return scale * torch.einsum(equation, features, prototypes)
+    unit = unit_vectors(features) if unit is None else unit
+    if prototypes.dim() == 5:  # one dot product per pixel (an einsum would issue h*w tiny products)
+        dots = (unit.unsqueeze(1) * prototypes).sum(dim=2)
+        return scale * dots / prototypes.norm(dim=2).clamp_min(COSINE_EPS)
+    return scale * torch.einsum("bchw,bpc->bphw", unit, unit_vectors(prototypes, dim=2))
 
 
 def gather_cells(values: Tensor, selection: Tensor, keep: int | None = None) -> tuple[Tensor, Tensor, Tensor]:

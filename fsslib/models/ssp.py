@@ -147,7 +147,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FewShotSegmenter, ModelConfig
-from .ops import IGNORE_INDEX, background_mask, foreground_mask, gather_cells, masked_average_pooling, resize_to
+from .ops import (IGNORE_INDEX, background_mask, cosine_logits, foreground_mask, gather_cells,
+                  masked_average_pooling, resize_to, unit_vectors)
 
 #: The authors' training recipe (``main.py`` of fanq15/SSP): ResNet-50 from ImageNet with the stem,
 #: layer1 and every BatchNorm frozen (the SSPConfig defaults), SGD (momentum 0.9, weight decay
@@ -161,8 +162,6 @@ _AUTHORS_RECIPE = {
     "step_size": 2_000, "gamma": 0.1, "steps": 6_000, "batch_size": 4, "image_size": 473,
 }
 REAL_DATA_RECIPE = {"pascal": _AUTHORS_RECIPE, "coco": _AUTHORS_RECIPE}
-#: Norms are clamped at this in the cosine (``F.cosine_similarity``'s eps), so a zero vector scores 0.
-COSINE_EPS = 1e-8
 #: Refinement: FP_2 / BP_2 = w0 * (support) + w1 * (round 1) + w2 * (round-2 self-support mix).
 REFINE_PROTOTYPE_WEIGHTS = (0.5, 0.2, 0.3)
 #: Refinement: out_2 = w * match(FP_2, BP_2) + (1 - w) * out_1.
@@ -237,29 +236,14 @@ def support_prototypes(support_feats: Tensor, support_masks: Tensor, eps: float 
 def match(features: Tensor, fg: Tensor, bg: Tensor, scale: float, unit: Tensor | None = None) -> Tensor:
     """Two-channel cosine logits ``[B, 2, h, w]`` = ``scale * (cos(F, bg), cos(F, fg))``.
 
-    The semantics of :func:`~fsslib.models.ops.cosine_logits` (each norm clamped at 1e-8).
-
     Args:
         features: ``[B, C, h, w]``.
         fg, bg: ``[B, C]`` (one prototype) or ``[B, C, h, w]`` (one prototype per pixel).
-        unit: ``unit_vectors(features)`` when the caller has it: the head matches the same query
-            features three times, and at 60 x 60 x 1024 normalising costs more than the products.
+        unit: ``unit_vectors(features)`` when the caller has it (the head matches the same query
+            features three times).
     """
-    if unit is None:
-        unit = unit_vectors(features)
-    return scale * torch.stack([_cosine_with_unit(unit, p) for p in (bg, fg)], dim=1)
-
-
-def unit_vectors(features: Tensor) -> Tensor:
-    """``F(x) / max(|F(x)|, 1e-8)`` along the channels of ``[B, C, ...]``."""
-    return F.normalize(features, dim=1, eps=COSINE_EPS)
-
-
-def _cosine_with_unit(unit: Tensor, prototype: Tensor) -> Tensor:
-    """``cos`` of unit vectors ``[B, C, h, w]`` with ``[B, C]`` or per-pixel ``[B, C, h, w]`` -> ``[B, h, w]``."""
-    if prototype.dim() == 2:
-        return torch.einsum("bchw,bc->bhw", unit, F.normalize(prototype, dim=1, eps=COSINE_EPS))
-    return (unit * prototype).sum(dim=1) / prototype.norm(dim=1).clamp_min(COSINE_EPS)
+    unit = unit_vectors(features) if unit is None else unit
+    return torch.cat([cosine_logits(features, p.unsqueeze(1), scale, unit) for p in (bg, fg)], dim=1)
 
 
 def confident_pixels(prob: Tensor, threshold: float, fallback_topk: int) -> Tensor:
