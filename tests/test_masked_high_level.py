@@ -25,7 +25,7 @@ def _corner_batch(b=2, k=2):
 
 def _layer4_input_sizes(model):
     sizes = []
-    first = model.backbone.stage_modules("layer4")[0]
+    first = model.backbone.stage_blocks("layer4")[0]
     handle = first.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
     return sizes, handle
 
@@ -37,6 +37,34 @@ def test_receptive_radius_of_layer4():
     for name, radius in expected.items():
         assert build_backbone(name, weights=None).receptive_radius("layer4") == radius
     assert build_backbone("resnet50", weights=None).receptive_radius("layer2") is None  # stride 2
+
+
+@pytest.mark.parametrize("name, size", [("smallcnn", 20), ("vgg16", 16), ("resnet50", 16)])
+def test_stage_in_box_equals_the_full_stage_on_the_box(name, size):
+    torch.manual_seed(0)
+    backbone = build_backbone(name, weights=None).eval()
+    x = torch.randn(2, backbone.out_channels["layer3"], size, size)
+    with torch.no_grad():
+        full = backbone.run_stage("layer4", x)
+        # inside, touching one border, touching two, a single cell, the whole grid
+        for box in [((5, 9), (6, 12)), ((0, 4), (3, 10)), ((10, size), (0, size)), ((7, 8), (7, 8)),
+                    ((0, size), (0, size))]:
+            (top, bottom), (left, right) = box
+            torch.testing.assert_close(backbone.run_stage_in_box("layer4", x, box),
+                                       full[..., top:bottom, left:right])
+
+
+def test_stage_in_box_runs_each_block_on_what_the_later_blocks_need():
+    # ResNet-50 layer4: radii 2, 4, 4; a 4 x 6 box in the middle of a 40 x 40 grid
+    backbone = build_backbone("resnet50", weights=None).eval()
+    sizes = []
+    for block in backbone.stage_blocks("layer4"):
+        block.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        out = backbone.run_stage_in_box("layer4", torch.randn(1, 1024, 40, 40), ((18, 22), (17, 23)))
+    assert sizes == [(24, 26), (20, 22), (12, 14)] and out.shape[-2:] == (4, 6)
+    assert build_backbone("resnet50", weights=None).run_stage_in_box("layer2", torch.randn(1, 256, 8, 8),
+                                                                     ((0, 2), (0, 2))) is None  # strided
 
 
 def test_crop_is_exact_where_the_mask_is_non_zero():

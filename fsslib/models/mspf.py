@@ -279,7 +279,8 @@ class MSPF(FewShotSegmenter):
         cfg = self.config
         # Area resizing to a coarser first scale averages support cells far from the object.
         reads_only_object = cfg.support_resize == "bilinear" or tuple(sizes[0]) == tuple(support_layer3.shape[-2:])
-        high = masked_high_level(self.backbone, support_layer3, foreground, crop_to_object=reads_only_object)
+        high = masked_high_level(self.backbone, support_layer3, foreground, crop_to_object=reads_only_object,
+                                 margin=2)
         with torch.no_grad(), no_autocast(high.device):
             query, support = query_layer4.float(), high.float().unflatten(0, shots)
             masks = foreground.unflatten(0, shots)

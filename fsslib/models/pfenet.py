@@ -180,38 +180,35 @@ def support_prototype(support_mid: Tensor, foreground: Tensor, shots: tuple[int,
     return prototypes.unflatten(0, shots).mean(dim=1)
 
 
-def masked_high_level(backbone, support_layer3: Tensor, foreground: Tensor, crop_to_object: bool = True) -> Tensor:
+def masked_high_level(backbone, support_layer3: Tensor, foreground: Tensor, crop_to_object: bool = True,
+                      margin: int = 0) -> Tensor:
     """``layer4(layer3 * m)`` for supports ``[N, C3, h, w]`` and binary masks ``[N, H, W]``.
 
     ``m`` is the mask resized bilinearly (aligned corners) to layer3's size. Runs without gradient:
     the prior is training-free.
 
     The priors read these features only where a support mask, resized to some grid, is non-zero
-    (everything else is multiplied by 0), so with ``crop_to_object`` layer4 runs on the object's
-    bounding box (the union over the N supports, two cells wider to cover bilinear and area
-    resizing) plus layer4's receptive radius: inside the box the result is exactly the full
-    computation's, since every cell the box's outputs depend on is inside the crop; outside it
-    is returned as 0. A dilated ResNet layer4 costs about three ResNet-50 forwards at 473 pixels;
-    for an object spanning half the rows and a third of the columns it then computes two thirds
-    of the 60 x 60 cells (the radius is 10 cells), for a small object far fewer. Falls back to the
-    whole map when layer4 resamples (no receptive radius).
+    (everything else is multiplied by 0), so with ``crop_to_object`` layer4 is computed on the
+    objects' bounding box only (the union over the N supports, ``margin`` cells wider for priors
+    that resize the mask to coarser grids; 0 covers every non-zero cell of the bilinear ``m``), by
+    :meth:`~fsslib.models.backbones.Backbone.run_stage_in_box`: each block runs on the box grown
+    by the receptive radius of the blocks after it, so inside the box the result is exactly the
+    full computation's; outside it is returned as 0. A dilated ResNet layer4 costs about three
+    ResNet-50 forwards at 473 pixels; for an object spanning half the rows and a third of the
+    columns its three blocks then compute about 57%, 48% and 31% of the 60 x 60 cells. Falls back
+    to the whole map when layer4 resamples (no receptive radius).
     """
     with torch.no_grad():
         weights = mask_to_feature_size(foreground, support_layer3.shape[-2:]).to(support_layer3.dtype)
         masked = support_layer3 * weights.unsqueeze(1)
-        radius = backbone.receptive_radius("layer4") if crop_to_object else None
-        if radius is None:
+        if not crop_to_object or backbone.receptive_radius("layer4") is None:
             return backbone.run_stage("layer4", masked)
-        box = _object_box(foreground, support_layer3.shape[-2:], margin=2)
-        out_channels = backbone.out_channels["layer4"]
-        high = masked.new_zeros(masked.shape[0], out_channels, *masked.shape[-2:])
+        high = masked.new_zeros(masked.shape[0], backbone.out_channels["layer4"], *masked.shape[-2:])
+        box = _object_box(foreground, support_layer3.shape[-2:], margin)
         if box is None:  # no object in any support: every prior reads zeros
             return high
         (top, bottom), (left, right) = box
-        crop = [(max(lo - radius, 0), min(hi + radius, size)) for (lo, hi), size in zip(box, masked.shape[-2:])]
-        (c_top, c_bottom), (c_left, c_right) = crop
-        out = backbone.run_stage("layer4", masked[..., c_top:c_bottom, c_left:c_right])
-        high[..., top:bottom, left:right] = out[..., top - c_top:bottom - c_top, left - c_left:right - c_left]
+        high[..., top:bottom, left:right] = backbone.run_stage_in_box("layer4", masked, box)
         return high
 
 
