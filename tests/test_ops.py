@@ -6,11 +6,13 @@ import torch.nn.functional as F
 
 from fsslib.models.ops import (
     background_mask,
+    clamped_norm,
     cosine_logits,
     foreground_mask,
     mask_to_feature_size,
     masked_average_pooling,
     resize_to,
+    weighted_cell_sum,
 )
 
 
@@ -132,6 +134,30 @@ def test_cosine_logits_per_pixel_prototypes():
     prototypes = torch.randn(2, 3, 8, 4, 5, generator=generator)
     expected = F.cosine_similarity(features[:, None], prototypes, dim=2)
     torch.testing.assert_close(cosine_logits(features, prototypes, 1.0), expected)
+
+
+def test_zero_vectors_give_zero_cosines_and_finite_gradients():
+    # the norms are sqrt(max(sum v^2, eps^2)): a zero feature or per-pixel prototype (a pixel
+    # whose every attended feature is 0 after a ReLU) must not turn the gradients into NaN
+    features = torch.randn(1, 4, 2, 3, requires_grad=True)
+    prototypes = torch.randn(1, 2, 4, 2, 3)
+    prototypes[0, 1, :, 1, 2] = 0.0
+    prototypes.requires_grad_(True)
+    zero_feature = features.detach().clone()
+    zero_feature[0, :, 0, 0] = 0.0
+    zero_feature.requires_grad_(True)
+    logits = cosine_logits(features, prototypes, 5.0)
+    assert logits[0, 1, 1, 2] == 0
+    (logits.sum() + cosine_logits(zero_feature, prototypes, 5.0).sum()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in (features, prototypes, zero_feature))
+    torch.testing.assert_close(clamped_norm(prototypes.detach(), dim=2), prototypes.detach().norm(dim=2).clamp_min(1e-8))
+
+
+def test_weighted_cell_sum_is_the_weighted_sum_over_cells():
+    values, weights = torch.randn(3, 5, 7), torch.rand(3, 7)
+    torch.testing.assert_close(weighted_cell_sum(values, weights), (values * weights[:, None]).sum(-1))
+    torch.testing.assert_close(weighted_cell_sum(values, weights > 0.5),
+                               (values * (weights > 0.5)[:, None]).sum(-1))
 
 
 def test_cosine_logits_accepts_tensor_scale_and_rejects_bad_shapes():

@@ -148,7 +148,7 @@ from torch import Tensor, nn
 
 from .base import FewShotSegmenter, ModelConfig
 from .ops import (IGNORE_INDEX, background_mask, cosine_logits, foreground_mask, gather_cells,
-                  masked_average_pooling, resize_to, unit_vectors)
+                  masked_average_pooling, resize_to, unit_vectors, weighted_cell_sum)
 
 #: The authors' training recipe (``main.py`` of fanq15/SSP): ResNet-50 from ImageNet with the stem,
 #: layer1 and every BatchNorm frozen (the SSPConfig defaults), SGD (momentum 0.9, weight decay
@@ -260,8 +260,7 @@ def confident_pixels(prob: Tensor, threshold: float, fallback_topk: int) -> Tens
 
 def selected_mean(features: Tensor, selection: Tensor) -> Tensor:
     """Mean ``[B, C]`` of the feature vectors ``[B, C, P]`` at the selected pixels ``bool [B, P]``."""
-    weights = selection.to(features.dtype)
-    return torch.einsum("bcp,bp->bc", features, weights) / weights.sum(dim=-1, keepdim=True)
+    return weighted_cell_sum(features, selection) / selection.sum(dim=-1, keepdim=True).to(features.dtype)
 
 
 def _attention_over_selected(unit_queries: Tensor, unit_keys: Tensor, valid: Tensor, scale: float) -> Tensor:
@@ -341,10 +340,25 @@ def self_support(features: Tensor, logits: Tensor, fg_threshold: float = 0.7, bg
 
 
 def weighted_sum(*terms: tuple[float, Tensor]) -> Tensor:
-    """``sum_i w_i P_i`` of prototypes ``[B, C]`` and/or ``[B, C, h, w]`` (broadcast to the latter)."""
-    if any(p.dim() == 4 for _, p in terms):
-        terms = tuple((wt, p[..., None, None] if p.dim() == 2 else p) for wt, p in terms)
-    return sum(wt * p for wt, p in terms)
+    """``sum_i w_i P_i`` of prototypes ``[B, C]`` and/or ``[B, C, h, w]`` (broadcast to the latter).
+
+    The vectors are summed first and each map is added with its weight in one pass
+    (``torch.add(..., alpha=w)``): at 60 x 60 x 1024 a pass over a map costs more than every
+    other part of the mix.
+    """
+    vectors = [(wt, p) for wt, p in terms if p.dim() == 2]
+    maps = [(wt, p) for wt, p in terms if p.dim() == 4]
+    total = sum(wt * p for wt, p in vectors) if vectors else None
+    if not maps:
+        return total
+    if total is None:
+        (first_weight, first), maps = maps[0], maps[1:]
+        total = first_weight * first
+    else:
+        total = total[..., None, None]
+    for wt, p in maps:
+        total = torch.add(total, p, alpha=wt)
+    return total
 
 
 def self_matching_logits(features: Tensor, mask: Tensor, scale: float = 10.0, eps: float = 1e-5) -> Tensor:
