@@ -96,6 +96,15 @@ def test_max_prior_matches_the_loop(tensors):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_max_prior_with_the_object_cells_given_equals_the_prior_that_finds_them(tensors):
+    query, support, weights = tensors
+    found = max_cosine_prior(query, support)
+    assert torch.equal(max_cosine_prior(query, support, object_cells=weights > 0), found)
+    # cells given as object cells that hold zero vectors change nothing either: their cosine is 0
+    assert torch.equal(max_cosine_prior(query, support, object_cells=torch.ones_like(weights, dtype=torch.bool)),
+                       found)
+
+
 def test_mean_prior_matches_the_loop(tensors):
     query, support, weights = tensors
     prior = mean_cosine_prior(query, support, weights)

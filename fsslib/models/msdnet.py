@@ -316,7 +316,8 @@ def context_mask(query_layer4: Tensor, support_layer4: Tensor, foreground: Tenso
     with torch.no_grad(), no_autocast(support_layer4.device):
         weights = mask_to_feature_size(foreground, support_layer4.shape[-2:]).to(torch.float32)
         support = (support_layer4.float() * weights.unsqueeze(1)).unflatten(0, shots)
-        per_shot = max_cosine_prior(query_layer4.float(), support, eps)  # [B, K, h4, w4]
+        per_shot = max_cosine_prior(query_layer4.float(), support, eps,
+                                    object_cells=(weights > 0).unflatten(0, shots))  # [B, K, h4, w4]
         return resize_to(per_shot, size, "bilinear", align_corners=True).mean(dim=1, keepdim=True)
 
 

@@ -278,7 +278,8 @@ class PFENet(FewShotSegmenter):
         with torch.no_grad(), no_autocast(high.device):
             weights = mask_to_feature_size(foreground, high.shape[-2:]).to(torch.float32)
             support = (high.float() * weights.unsqueeze(1)).unflatten(0, shots)
-            per_shot = max_cosine_prior(query_layer4.float(), support, self.config.prior_eps)
+            per_shot = max_cosine_prior(query_layer4.float(), support, self.config.prior_eps,
+                                        object_cells=(weights > 0).unflatten(0, shots))
             return resize_to(per_shot, size, "bilinear", align_corners=True).mean(dim=1, keepdim=True)
 
     def enrich(self, query: Tensor, prototype: Tensor, prior: Tensor) -> tuple[Tensor, list[Tensor]]:

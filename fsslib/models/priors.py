@@ -82,16 +82,30 @@ def pairwise_cosine(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> T
         raise ValueError(f"expected query [B, C, h, w] and support [B, K, C, h', w'] with matching B and C, "
                          f"got {tuple(query.shape)} and {tuple(support.shape)}")
     b, k, c = support.shape[:3]
-    q = query.flatten(2)  # [B, C, hw]
     s = support.flatten(3).transpose(2, 3).reshape(b, -1, c)  # [B, K*h'w', C]
-    dots = torch.bmm(s, q)  # [B, K*h'w', hw]
-    norms = torch.bmm(s.norm(dim=2, keepdim=True), q.norm(dim=1, keepdim=True))  # |s| |q|, same shape
-    return dots.div_(norms.add_(eps)).view(b, k, -1, q.shape[-1])
+    return _cosine_to_cells(*_query_cells(query), s, eps).view(b, k, -1, query.shape[-2] * query.shape[-1])
 
 
-def _shot_cosine(query: Tensor, support: Tensor, shot: int, eps: float) -> Tensor:
-    """``pairwise_cosine`` of one shot: ``[B, h' * w', h * w]``."""
-    return pairwise_cosine(query, support[:, shot:shot + 1], eps)[:, 0]
+def _query_cells(query: Tensor) -> tuple[Tensor, Tensor]:
+    """``[B, C, h, w]`` -> the cells ``[B, C, hw]`` and their norms ``[B, 1, hw]``, computed once
+    for all shots. The norm as ``sqrt(sum q^2)``: ``Tensor.norm`` over the channels of a
+    ``2048 x 60 x 60`` map is 4x slower on a CPU. Priors run without gradient, so the infinite
+    derivative of the square root at a zero vector never enters a backward pass."""
+    cells = query.flatten(2)
+    return cells, cells.square().sum(dim=1, keepdim=True).sqrt()
+
+
+def _cosine_to_cells(query_cells: Tensor, query_norms: Tensor, support_cells: Tensor, eps: float) -> Tensor:
+    """``cos(q, s)`` with eps on the product of the norms: ``[B, C, hw]``, ``[B, 1, hw]``, support
+    cells ``[B, N, C]`` -> ``[B, N, hw]``."""
+    dots = torch.bmm(support_cells, query_cells)
+    norms = torch.bmm(support_cells.norm(dim=2, keepdim=True), query_norms)  # |s| |q|, same shape
+    return dots.div_(norms.add_(eps))
+
+
+def _shot_cells(support: Tensor, shot: int) -> Tensor:
+    """The cells of one shot as rows: ``[B, K, C, h', w']`` -> ``[B, h' * w', C]``."""
+    return support[:, shot].flatten(2).transpose(1, 2)
 
 
 def min_max_normalize(similarity: Tensor, eps: float = PRIOR_EPS) -> Tensor:
@@ -109,7 +123,8 @@ def min_max_normalize(similarity: Tensor, eps: float = PRIOR_EPS) -> Tensor:
     return ((flat - low) / (high - low + eps)).view_as(similarity)
 
 
-def max_cosine_prior(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> Tensor:
+def max_cosine_prior(query: Tensor, support: Tensor, eps: float = PRIOR_EPS,
+                     object_cells: Tensor | None = None) -> Tensor:
     r"""PFENet's prior: for each query cell the *largest* similarity to any support cell, normalised.
 
     Args:
@@ -117,6 +132,10 @@ def max_cosine_prior(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> 
         support: high-level support features ``[B, K, C, h', w']``, already multiplied by the
             (soft) support mask, as PFENet does. Zero cells take part in the max with similarity 0.
         eps: cosine and normalisation epsilon (PFENet: 1e-7 for both).
+        object_cells: bool ``[B, K, h', w']``, where the support may be non-zero (where the mask
+            weight is positive); every other cell must be a zero vector. None: found from
+            ``support``, a pass over the whole map (at five shots of 2048 x 60 x 60, about as long
+            as the similarities themselves).
 
     Returns:
         ``[B, K, h, w]``: one min-max normalised prior per shot.
@@ -124,13 +143,14 @@ def max_cosine_prior(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> 
     # A masked-out support cell is a zero vector, whose cosine with every query cell is exactly 0:
     # the max needs the object's cells and one zero cell, not all h'w' of them.
     cells = support.flatten(3)  # [B, K, C, h'w']
-    on_object = cells.ne(0).any(dim=2)
+    on_object = cells.ne(0).any(dim=2) if object_cells is None else object_cells.flatten(2).to(cells.device)
     count = int(on_object.sum(dim=-1).max())
     if count < cells.shape[-1]:
         support = gather_cells(cells, on_object, keep=count + 1)[0].unsqueeze(-1)  # [B, K, C, N, 1]
+    query_cells, query_norms = _query_cells(query)
     # one shot at a time: the [B, N, hw] similarity matrix is the largest tensor here
-    similarity = torch.stack([_shot_cosine(query, support, k, eps).max(dim=1).values
-                              for k in range(support.shape[1])], dim=1)  # [B, K, hw]
+    similarity = torch.stack([_cosine_to_cells(query_cells, query_norms, _shot_cells(support, k), eps)
+                              .max(dim=1).values for k in range(support.shape[1])], dim=1)  # [B, K, hw]
     return min_max_normalize(similarity.unflatten(-1, query.shape[-2:]), eps)
 
 
@@ -160,8 +180,10 @@ def mean_cosine_prior(query: Tensor, support: Tensor, support_weights: Tensor, e
     if count < weights.shape[-1]:
         cells, _, index = gather_cells(support.flatten(3), weighted, keep=max(count, 1))
         support, weights = cells.unsqueeze(-1), weights.gather(-1, index)  # [B, K, C, N, 1], [B, K, N]
-    weighted_sums = torch.stack([torch.einsum("bs,bsq->bq", weights[:, k], _shot_cosine(query, support, k, eps))
-                                 for k in range(support.shape[1])], dim=1)  # [B, K, hw]
+    query_cells, query_norms = _query_cells(query)
+    weighted_sums = torch.stack([torch.bmm(weights[:, k].unsqueeze(1),
+                                           _cosine_to_cells(query_cells, query_norms, _shot_cells(support, k), eps))
+                                 for k in range(support.shape[1])], dim=1).squeeze(2)  # [B, K, hw]
     similarity = weighted_sums / (total_weight + eps)
     return min_max_normalize(similarity.unflatten(-1, query.shape[-2:]), eps)
 
