@@ -11,6 +11,7 @@ from fsslib.models.ops import (
     foreground_mask,
     mask_to_feature_size,
     masked_average_pooling,
+    resize_by_matrices,
     resize_to,
     weighted_cell_sum,
 )
@@ -171,6 +172,18 @@ def test_cosine_logits_accepts_tensor_scale_and_rejects_bad_shapes():
 
 
 # ---------------------------------------------------------------------- resizing and masks
+@pytest.mark.parametrize("size", [(3, 5), (9, 4), (16, 12), (7, 7)])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_resize_by_matrices_is_bilinear_resizing(size, align_corners):
+    x = torch.randn(2, 3, 7, 8)
+    torch.testing.assert_close(resize_by_matrices(x, size, align_corners),
+                               F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners))
+    assert resize_by_matrices(x, (7, 8)) is x
+    five_d = torch.randn(2, 2, 3, 7, 8)  # any leading dimensions
+    torch.testing.assert_close(resize_by_matrices(five_d, size, align_corners),
+                               resize_to(five_d.flatten(0, 1), size, "bilinear", align_corners).unflatten(0, (2, 2)))
+
+
 def test_resize_nearest_keeps_labels_dtype_and_samples_pixel_centres():
     labels = torch.tensor([[[0, 1, 255, 1], [1, 0, 0, 255], [255, 1, 1, 0], [0, 0, 255, 1]]])
     small = resize_to(labels, (2, 2), "nearest")

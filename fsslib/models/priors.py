@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import gather_cells, mask_to_feature_size, resize_to
+from .ops import gather_cells, mask_to_feature_size, resize_by_matrices
 
 __all__ = [
     "PRIOR_EPS",
@@ -251,7 +251,7 @@ def multi_scale_mean_cosine_priors(query: Tensor, support: Tensor, support_masks
             s = F.adaptive_avg_pool2d(s, size) * weights.unsqueeze(1)
         else:
             weights = mask_to_feature_size(masks, size).to(s.dtype)  # [B*K, h_i, w_i]
-            s = resize_to(s, size, "bilinear", align_corners=True) * weights.unsqueeze(1)
+            s = resize_by_matrices(s, size, align_corners=True) * weights.unsqueeze(1)  # bilinear
         per_shot = mean_cosine_prior(q, s.unflatten(0, (b, k)), weights.unflatten(0, (b, k)), eps)
         priors.append(per_shot.mean(dim=1, keepdim=True))
     return priors
