@@ -9,6 +9,11 @@ def test_inference_rows_time_every_method_and_shot():
         assert row.episode_s > 0 and row.backbone_s > 0 and 0 < row.head_s < row.episode_s
         # the cache removes the backbone from every episode, so it can only help
         assert row.cache_speedup(images=100, episodes=5000) > 1
+        # multiply-adds: an episode of these two methods is K + 1 extractions and the head, exactly
+        assert row.extract_macs > row.head_macs > 0
+        assert row.episode_macs == (row.shot + 1) * row.extract_macs + row.head_macs
+        # the cache removes extraction, never the head: between 1 and episode / head
+        assert 1 < row.cache_speedup_by_macs(images=100, episodes=5000) < row.episode_macs / row.head_macs
 
 
 def test_training_rows_run_each_method_in_its_own_process():
@@ -21,5 +26,6 @@ def test_training_rows_run_each_method_in_its_own_process():
     first, second, cells = ssp.background_selected
     assert cells == 9 * 9 and 1 <= first <= cells and 1 <= second <= cells  # 65 px: 9 x 9 cells at stride 8
     assert ssp.head_all_background_s > 0
+    assert ssp.head_all_background_macs > ssp.head_macs  # attention over every cell, not a few
     table = format_bench([ssp], rows)
     assert "| ssp | 1 |" in table and "| pfenet |" in table and f"of {cells} cells in S_b" in table

@@ -19,7 +19,9 @@ Three measurements, each printed as a table:
    (a PASCAL-5i fold: a few hundred images). Computed from measured times: without the cache
    every episode costs a full forward; with it, each image is extracted once and each episode
    costs the head on cached features. For PFENet and MSPF the head includes layer4 of the
-   masked support features (their prior needs it), which no cache can hold.
+   masked support features (their prior needs it), which no cache can hold. The same ratio is
+   also computed from multiply-adds (``torch.utils.flop_counter``: convolutions and matrix
+   products) instead of seconds: what the computation itself allows, whatever the kernels.
 3. **Training step** time and peak memory of each method under its synthetic-benchmark recipe
    (8 one-shot episodes, 128x128, the small backbone), each method in a fresh process so its
    peak resident memory (or peak CUDA memory) is its own.
@@ -44,7 +46,9 @@ BENCH_SETTINGS = {"panet": ("vgg16", 417), "ssp": ("resnet50", 473), "pfenet": (
                   "mspf": ("resnet50", 473), "msdnet": ("resnet50", 473)}
 
 
-def _median_time(fn, repeats: int) -> float:
+def _best_time(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` timed runs after a warm-up: on a shared machine other work only
+    ever adds time, so the minimum is the steadiest estimate (a median moved ratios by a third)."""
     fn()  # warm-up (allocator, oneDNN kernels, cuDNN autotuning)
     times = []
     for _ in range(repeats):
@@ -53,7 +57,16 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         _sync()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return min(times)
+
+
+def _macs(fn) -> int:
+    """Multiply-adds of the convolutions and matrix products ``fn`` runs (half the counted FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() // 2
 
 
 def _sync() -> None:
@@ -81,8 +94,14 @@ class InferenceRow:
     head_s: float
     #: SSP only: the head with every pixel in the ASBP set S_b (random weights select a few)
     head_all_background_s: float | None = None
+    head_all_background_macs: int = 0
     #: SSP only: |S_b| of the two self-support rounds and the number of feature cells
     background_selected: tuple[int, int, int] | None = None
+    #: Multiply-adds (convolutions and matrix products) of an episode, of extracting one image's
+    #: features, and of the head on extracted features
+    episode_macs: int = 0
+    extract_macs: int = 0
+    head_macs: int = 0
 
     @property
     def ratio(self) -> float:
@@ -102,6 +121,13 @@ class InferenceRow:
         episode_s = self.episode_s + head_s - self.head_s
         return episodes * episode_s / (images * self.extract_s + episodes * head_s)
 
+    def cache_speedup_by_macs(self, images: int, episodes: int, head_macs: int | None = None) -> float:
+        """The speed-up if time were proportional to multiply-adds: what any implementation of
+        the same computation can expect, whatever its kernels (elementwise work counts as free)."""
+        head_macs = self.head_macs if head_macs is None else head_macs
+        episode_macs = self.episode_macs + head_macs - self.head_macs
+        return episodes * episode_macs / (images * self.extract_macs + episodes * head_macs)
+
 
 @torch.inference_mode()
 def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3, device=None,
@@ -111,7 +137,7 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
 
     device = default_device(device)
     tv_resnet = torchvision.models.resnet50(weights=None).to(device).eval()
-    tv_time = _median_time(lambda: tv_resnet(torch.randn(1, 3, 473, 473, device=device)), repeats)
+    tv_time = _best_time(lambda: tv_resnet(torch.randn(1, 3, 473, 473, device=device)), repeats)
     rows = []
     for method in methods:
         backbone, method_size = BENCH_SETTINGS[method]
@@ -120,25 +146,27 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
         model = build_model(method, backbone=backbone, weights=None).to(device).eval()
         image = torch.randn(1, 3, method_size, method_size, device=device)
         last_stage = model.backbone.stage_names[-1]
-        backbone_time = _median_time(lambda: model.backbone(image, upto=last_stage), repeats)
-        extract_time = _median_time(lambda: model.extract(image), repeats)
+        backbone_time = _best_time(lambda: model.backbone(image, upto=last_stage), repeats)
+        extract_time = _best_time(lambda: model.extract(image), repeats)
         for shot in shots:
             batch = _episode(method_size, shot, device)
-            episode_time = _median_time(lambda: model(batch), repeats)
+            episode_time = _best_time(lambda: model(batch), repeats)
             query_feats, support_feats = model.episode_features(batch)
 
             def head():
                 return model.head(query_feats, support_feats, batch["support_masks"], 1, (method_size, method_size))
 
             row = InferenceRow(method, shot, episode_time, backbone_time, tv_time, extract_time,
-                               _median_time(head, repeats))
+                               _best_time(head, repeats), episode_macs=_macs(lambda: model(batch)),
+                               extract_macs=_macs(lambda: model.extract(image)), head_macs=_macs(head))
             if method == "ssp":  # ASBP costs h*w x |S_b|: also time the largest S_b, every pixel
                 output = head()
                 row.background_selected = (int(output["bg_selected"].sum()), int(output["bg_selected_2"].sum()),
                                            output["bg_selected"].numel())
                 threshold = model.config.bg_threshold
                 model.config.bg_threshold = -1.0  # every probability passes
-                row.head_all_background_s = _median_time(head, repeats)
+                row.head_all_background_s = _best_time(head, repeats)
+                row.head_all_background_macs = _macs(head)
                 model.config.bg_threshold = threshold
             rows.append(row)
     return rows
@@ -178,7 +206,7 @@ def _train_step(method: str, device: str, steps: int) -> tuple:
         loss.backward()
         optimizer.step()
 
-    seconds = _median_time(step, steps)
+    seconds = _best_time(step, steps)
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _peak_resident_bytes()
     return seconds, peak, cached, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -242,16 +270,20 @@ def format_bench(inference: list[InferenceRow], training, images: int = 500, epi
                      f"| {row.ratio_torchvision:.2f} | {reference} |")
     lines += ["", f"Evaluation, {episodes} episodes ({episodes // 1000} seeds x 1000) served by {images} test images: "
               "feature cache vs features per episode:", "",
-              "| method | shot | speed-up with the cache |", "|---|---|---|"]
+              "| method | shot | speed-up with the cache | if time were multiply-adds | head / extraction, multiply-adds |",
+              "|---|---|---|---|---|"]
     for row in inference:
-        lines.append(f"| {row.method} | {row.shot} | {row.cache_speedup(images, episodes):.1f}x |")
+        lines.append(f"| {row.method} | {row.shot} | {row.cache_speedup(images, episodes):.1f}x "
+                     f"| {row.cache_speedup_by_macs(images, episodes):.1f}x | {row.head_macs / row.extract_macs:.3f} |")
     for row in (r for r in inference if r.head_all_background_s is not None):
         first, second, cells = row.background_selected
         worst_ms = 1000 * row.head_all_background_s
         lines.append(f"\nSSP {row.shot}-shot: random weights put {first} and {second} of {cells} cells in S_b "
                      f"(rounds 1 and 2); with every cell in S_b the head takes {worst_ms:.0f} ms "
                      f"instead of {1000 * row.head_s:.0f} ms and the cache speed-up is "
-                     f"{row.cache_speedup(images, episodes, row.head_all_background_s):.1f}x.")
+                     f"{row.cache_speedup(images, episodes, row.head_all_background_s):.1f}x "
+                     f"({row.cache_speedup_by_macs(images, episodes, row.head_all_background_macs):.1f}x "
+                     f"if time were multiply-adds).")
     lines += ["", "Training step (synthetic recipe: 8 one-shot episodes at 128x128, small backbone):", "",
               "| method | s / step | peak memory (MiB) | head on cached features | learnable parameters |",
               "|---|---|---|---|---|"]
