@@ -47,17 +47,28 @@ BENCH_SETTINGS = {"panet": ("vgg16", 417), "ssp": ("resnet50", 473), "pfenet": (
 
 
 def _best_time(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` timed runs after a warm-up: on a shared machine other work only
-    ever adds time, so the minimum is the steadiest estimate (a median moved ratios by a third)."""
-    fn()  # warm-up (allocator, oneDNN kernels, cuDNN autotuning)
-    times = []
+    """The fastest of ``repeats`` timed runs after a warm-up (see :func:`_best_times`)."""
+    return _best_times({"fn": fn}, repeats)["fn"]
+
+
+def _best_times(functions: dict, repeats: int) -> dict:
+    """The fastest of ``repeats`` timed runs of each function, after a warm-up of each.
+
+    The functions take turns, one run each per round: on a shared machine other work only ever
+    adds time, so the minimum is the steadiest estimate, and taking turns exposes every function
+    to the same slow and fast spells (timing each in its own block moved ratios by a third).
+    """
+    for fn in functions.values():
+        fn()  # warm-up (allocator, oneDNN kernels, cuDNN autotuning)
+    best = dict.fromkeys(functions, float("inf"))
     for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for key, fn in functions.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
 
 
 def _macs(fn) -> int:
@@ -132,12 +143,17 @@ class InferenceRow:
 @torch.inference_mode()
 def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3, device=None,
                    size: int | None = None) -> list[InferenceRow]:
-    """Time every method; ``size`` replaces the methods' input sizes (a quick check, not the benchmark)."""
+    """Time every method; ``size`` replaces the methods' input sizes (a quick check, not the benchmark).
+
+    Everything a method's rows divide (its episodes and heads, its backbone, the torchvision
+    ResNet-50) is timed in the same rounds, so a machine that slows down for a while slows every
+    term of a ratio alike.
+    """
     import torchvision
 
     device = default_device(device)
     tv_resnet = torchvision.models.resnet50(weights=None).to(device).eval()
-    tv_time = _best_time(lambda: tv_resnet(torch.randn(1, 3, 473, 473, device=device)), repeats)
+    tv_image = torch.randn(1, 3, 473, 473, device=device)
     rows = []
     for method in methods:
         backbone, method_size = BENCH_SETTINGS[method]
@@ -146,30 +162,45 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
         model = build_model(method, backbone=backbone, weights=None).to(device).eval()
         image = torch.randn(1, 3, method_size, method_size, device=device)
         last_stage = model.backbone.stage_names[-1]
-        backbone_time = _best_time(lambda: model.backbone(image, upto=last_stage), repeats)
-        extract_time = _best_time(lambda: model.extract(image), repeats)
+        timed = {"torchvision": lambda: tv_resnet(tv_image),
+                 "backbone": lambda: model.backbone(image, upto=last_stage),
+                 "extract": lambda: model.extract(image)}
+        episodes = {}
         for shot in shots:
             batch = _episode(method_size, shot, device)
-            episode_time = _best_time(lambda: model(batch), repeats)
             query_feats, support_feats = model.episode_features(batch)
 
-            def head():
+            def head(batch=batch, query_feats=query_feats, support_feats=support_feats):
                 return model.head(query_feats, support_feats, batch["support_masks"], 1, (method_size, method_size))
 
-            row = InferenceRow(method, shot, episode_time, backbone_time, tv_time, extract_time,
-                               _best_time(head, repeats), episode_macs=_macs(lambda: model(batch)),
-                               extract_macs=_macs(lambda: model.extract(image)), head_macs=_macs(head))
+            episodes[shot] = (batch, head)
+            timed[("episode", shot)] = lambda batch=batch: model(batch)
+            timed[("head", shot)] = head
             if method == "ssp":  # ASBP costs h*w x |S_b|: also time the largest S_b, every pixel
+                timed[("head_all_background", shot)] = lambda head=head: _every_cell_in_background(model, head)
+        seconds = _best_times(timed, repeats)
+        for shot, (batch, head) in episodes.items():
+            row = InferenceRow(method, shot, seconds[("episode", shot)], seconds["backbone"], seconds["torchvision"],
+                               seconds["extract"], seconds[("head", shot)], episode_macs=_macs(lambda: model(batch)),
+                               extract_macs=_macs(lambda: model.extract(image)), head_macs=_macs(head))
+            if method == "ssp":
                 output = head()
                 row.background_selected = (int(output["bg_selected"].sum()), int(output["bg_selected_2"].sum()),
                                            output["bg_selected"].numel())
-                threshold = model.config.bg_threshold
-                model.config.bg_threshold = -1.0  # every probability passes
-                row.head_all_background_s = _best_time(head, repeats)
-                row.head_all_background_macs = _macs(head)
-                model.config.bg_threshold = threshold
+                row.head_all_background_s = seconds[("head_all_background", shot)]
+                row.head_all_background_macs = _macs(lambda: _every_cell_in_background(model, head))
             rows.append(row)
     return rows
+
+
+def _every_cell_in_background(model, head):
+    """SSP's head with a background threshold every probability passes (S_b = every cell)."""
+    threshold = model.config.bg_threshold
+    model.config.bg_threshold = -1.0
+    try:
+        return head()
+    finally:
+        model.config.bg_threshold = threshold
 
 
 def _train_step_worker(method: str, device: str, steps: int, queue) -> None:
