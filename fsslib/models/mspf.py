@@ -278,9 +278,15 @@ class MSPF(FewShotSegmenter):
         """
         cfg = self.config
         # Area resizing to a coarser first scale averages support cells far from the object.
-        reads_only_object = cfg.support_resize == "bilinear" or tuple(sizes[0]) == tuple(support_layer3.shape[-2:])
+        same_grid = tuple(sizes[0]) == tuple(support_layer3.shape[-2:])
+        reads_only_object = cfg.support_resize == "bilinear" or same_grid
+        # Every scale reads the support where the first scale's mask m^1 is non-zero: on layer4's
+        # own grid with bilinear masks, inside the box of the bilinear mask (margin 0); a
+        # bilinear resize to another grid reads a cell's neighbours, and an area mask reaches one
+        # cell further than a bilinear one: 2 cells cover both.
+        margin = 0 if same_grid and cfg.support_resize == "bilinear" else 2
         high = masked_high_level(self.backbone, support_layer3, foreground, crop_to_object=reads_only_object,
-                                 margin=2)
+                                 margin=margin)
         with torch.no_grad(), no_autocast(high.device):
             query, support = query_layer4.float(), high.float().unflatten(0, shots)
             masks = foreground.unflatten(0, shots)
