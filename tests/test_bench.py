@@ -12,6 +12,7 @@ def test_inference_rows_time_every_method_and_shot():
         # multiply-adds: an episode of these two methods is K + 1 extractions and the head, exactly
         assert row.extract_macs > row.head_macs > 0
         assert row.episode_macs == (row.shot + 1) * row.extract_macs + row.head_macs
+        assert row.ratio_torchvision_macs == row.episode_macs / row.torchvision_macs > 0
         # the cache removes extraction, never the head: between 1 and episode / head
         assert 1 < row.cache_speedup_by_macs(images=100, episodes=5000) < row.episode_macs / row.head_macs
 

@@ -8,7 +8,8 @@ Three measurements, each printed as a table:
    417x417 for PANet. An episode needs K+1 passes through the stages the method reads (SSP stops
    at layer3): that is the floor of the ratio.
    A second column divides by a torchvision ResNet-50 forward at 473 (not dilated),
-   the denominator of the authors'-implementation ratios in :data:`AUTHORS_RATIOS`.
+   the denominator of the authors'-implementation ratios in :data:`AUTHORS_RATIOS`, and a third
+   divides their multiply-adds, which no noise on the machine moves.
    The support object covers the middle half of the rows and third of the columns. Two heads
    cost what the data make them cost: PFENet's and MSPF's support layer4 and every max/mean
    cosine prior touch only the object's cells (and their neighbourhood), and SSP's ASBP compares
@@ -113,6 +114,7 @@ class InferenceRow:
     episode_macs: int = 0
     extract_macs: int = 0
     head_macs: int = 0
+    torchvision_macs: int = 0
 
     @property
     def ratio(self) -> float:
@@ -126,6 +128,11 @@ class InferenceRow:
     @property
     def ratio_torchvision(self) -> float:
         return self.episode_s / self.torchvision_s
+
+    @property
+    def ratio_torchvision_macs(self) -> float:
+        """The same ratio in multiply-adds: independent of the machine's speed and of its noise."""
+        return self.episode_macs / self.torchvision_macs
 
     def cache_speedup(self, images: int, episodes: int, head_s: float | None = None) -> float:
         head_s = self.head_s if head_s is None else head_s
@@ -154,6 +161,7 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
     device = default_device(device)
     tv_resnet = torchvision.models.resnet50(weights=None).to(device).eval()
     tv_image = torch.randn(1, 3, 473, 473, device=device)
+    tv_macs = _macs(lambda: tv_resnet(tv_image))
     rows = []
     for method in methods:
         backbone, method_size = BENCH_SETTINGS[method]
@@ -182,7 +190,8 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
         for shot, (batch, head) in episodes.items():
             row = InferenceRow(method, shot, seconds[("episode", shot)], seconds["backbone"], seconds["torchvision"],
                                seconds["extract"], seconds[("head", shot)], episode_macs=_macs(lambda: model(batch)),
-                               extract_macs=_macs(lambda: model.extract(image)), head_macs=_macs(head))
+                               extract_macs=_macs(lambda: model.extract(image)), head_macs=_macs(head),
+                               torchvision_macs=tv_macs)
             if method == "ssp":
                 output = head()
                 row.background_selected = (int(output["bg_selected"].sum()), int(output["bg_selected_2"].sum()),
@@ -292,13 +301,14 @@ def training_rows(methods=("protonet", "panet", "ssp", "pfenet", "mspf", "msdnet
 
 def format_bench(inference: list[InferenceRow], training, images: int = 500, episodes: int = 5000) -> str:
     lines = ["Inference per episode (random weights, one episode, eval mode):", "",
-             "| method | shot | ms / episode | ÷ own backbone forward | floor: K+1 passes | ÷ torchvision R50 | authors ÷ torchvision R50 |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | shot | ms / episode | ÷ own backbone forward | floor: K+1 passes | ÷ torchvision R50 "
+             "| the same in multiply-adds | authors ÷ torchvision R50 |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in inference:
         authors = AUTHORS_RATIOS.get(row.method)
         reference = f"{authors[0 if row.shot == 1 else 1]:.1f}" if authors and row.shot in (1, 5) else "-"
         lines.append(f"| {row.method} | {row.shot} | {1000 * row.episode_s:.0f} | {row.ratio:.2f} | {row.floor:.2f} "
-                     f"| {row.ratio_torchvision:.2f} | {reference} |")
+                     f"| {row.ratio_torchvision:.2f} | {row.ratio_torchvision_macs:.2f} | {reference} |")
     lines += ["", f"Evaluation, {episodes} episodes ({episodes // 1000} seeds x 1000) served by {images} test images: "
               "feature cache vs features per episode:", "",
               "| method | shot | speed-up with the cache | if time were multiply-adds | head / extraction, multiply-adds |",
