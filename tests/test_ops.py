@@ -152,6 +152,8 @@ def test_zero_vectors_give_zero_cosines_and_finite_gradients():
     (logits.sum() + cosine_logits(zero_feature, prototypes, 5.0).sum()).backward()
     assert all(torch.isfinite(t.grad).all() for t in (features, prototypes, zero_feature))
     torch.testing.assert_close(clamped_norm(prototypes.detach(), dim=2), prototypes.detach().norm(dim=2).clamp_min(1e-8))
+    tiny = torch.full((1, 3, 2), 1e-10)  # floor 0: the plain norm, even below 1e-8
+    torch.testing.assert_close(clamped_norm(tiny, floor=0.0), tiny.norm(dim=1))
 
 
 def test_weighted_cell_sum_is_the_weighted_sum_over_cells():

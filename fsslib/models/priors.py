@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import gather_cells, mask_to_feature_size, resize_by_matrices
+from .ops import clamped_norm, gather_cells, mask_to_feature_size, resize_by_matrices
 
 __all__ = [
     "PRIOR_EPS",
@@ -87,12 +87,11 @@ def pairwise_cosine(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> T
 
 
 def _query_cells(query: Tensor) -> tuple[Tensor, Tensor]:
-    """``[B, C, h, w]`` -> the cells ``[B, C, hw]`` and their norms ``[B, 1, hw]``, computed once
-    for all shots. The norm as ``sqrt(sum q^2)``: ``Tensor.norm`` over the channels of a
-    ``2048 x 60 x 60`` map is 4x slower on a CPU. Priors run without gradient, so the infinite
-    derivative of the square root at a zero vector never enters a backward pass."""
+    """``[B, C, h, w]`` -> the cells ``[B, C, hw]`` and their plain norms ``[B, 1, hw]`` (PFENet's eps
+    goes on the product of the norms, not on each), computed once for all shots. Priors run
+    without gradient, so the unclamped norm's derivative at a zero vector never matters."""
     cells = query.flatten(2)
-    return cells, cells.square().sum(dim=1, keepdim=True).sqrt()
+    return cells, clamped_norm(cells, dim=1, keepdim=True, floor=0.0)
 
 
 def _cosine_to_cells(query_cells: Tensor, query_norms: Tensor, support_cells: Tensor, eps: float) -> Tensor:
