@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PROFILE ?= default
+# Empty: `reproduce` picks the gpu profile where torch sees a CUDA device, else default.
+PROFILE ?=
 
 .PHONY: test reproduce setup clean-venv
 
@@ -21,7 +22,7 @@ test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 reproduce: $(VENV)/.installed
-	$(PY) -m fsslib reproduce --profile $(PROFILE)
+	$(PY) -m fsslib reproduce $(if $(PROFILE),--profile $(PROFILE))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -5,7 +5,9 @@
     python -m fsslib eval RUN_DIR [key=value ...]
     python -m fsslib baselines [key=value ...]
     python -m fsslib ablation NAME [key=value ...] [--seeds 0,1,2]
-    python -m fsslib reproduce [--profile fast|default|full|pascal5i|coco20i]
+    python -m fsslib reproduce [--profile fast|default|full|gpu|pascal5i|coco20i]
+    python -m fsslib collapse [--seeds 0,1,2,3,4] [--jobs 2]
+    python -m fsslib doctor [--device cpu|cuda]
 
 ``key=value`` sets a field of the training config (``model_args.scale=10`` a model field) or,
 for ``eval``/``baselines``, of the evaluation protocol (``episodes=500 seeds=0,1 shots=1,5``).
@@ -147,6 +149,29 @@ def command_bench(args) -> None:
     print(format_bench(inference, training, images=args.images, episodes=args.episodes))
 
 
+def command_collapse(args) -> None:
+    from .experiments.collapse import collapse_table, format_collapse_table, run_study
+
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    table = format_collapse_table(collapse_table(run_study(seeds, jobs=args.jobs, episodes=args.episodes)))
+    print(table)
+
+
+def command_doctor(args) -> int:
+    import torch
+
+    from .experiments.doctor import run_checks
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda: torch {torch.__version__} sees no CUDA device on this machine")
+    start = time.perf_counter()
+    checks = run_checks(args.device, report=lambda line: print(line, flush=True))
+    failed = [c for c in checks if c.passed is False]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed or skipped, {len(failed)} failed "
+          f"({time.perf_counter() - start:.0f} s)")
+    return 1 if failed else 0
+
+
 def command_prepare(args) -> None:
     from .data import build_source
     from .data.summary import fold_summary, split_sizes
@@ -184,22 +209,32 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device")
     bench.add_argument("--images", type=int, default=500, help="test images of the evaluation protocol")
     bench.add_argument("--episodes", type=int, default=5000, help="episodes of the evaluation protocol")
+    collapse = commands.add_parser("collapse", help="collapse rate of the prior-mask heads under each remedy "
+                                   "(default profile's recipe)")
+    collapse.add_argument("--seeds", default="0,1,2,3,4", help="training seeds")
+    collapse.add_argument("--jobs", type=int, default=2)
+    collapse.add_argument("--episodes", type=int, default=300, help="1-shot test episodes")
+    doctor = commands.add_parser("doctor", help="check this machine: every method's train -> interrupt -> "
+                                 "resume -> evaluate cycle, mixed precision, torch.compile")
+    doctor.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     reproduce = commands.add_parser("reproduce", help="every method and ablation: tables and figures "
                                     "(synthetic benchmark; pascal5i/coco20i on real data and a GPU)")
-    reproduce.add_argument("--profile", default="default", choices=("fast", "default", "full", "pascal5i", "coco20i"))
+    reproduce.add_argument("--profile", choices=("fast", "default", "full", "gpu", "pascal5i", "coco20i"),
+                           help="default: gpu where a CUDA device is visible, else default (the CPU profile)")
     reproduce.add_argument("--jobs", type=int, help="worker processes (default: the profile's, 2 for default/full)")
 
     args = parser.parse_args(argv)
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
-                "baselines": command_baselines, "ablation": command_ablation, "bench": command_bench}
+                "baselines": command_baselines, "ablation": command_ablation, "bench": command_bench,
+                "collapse": command_collapse, "doctor": command_doctor}
     try:
         if args.command == "reproduce":
             from .experiments.reproduce import reproduce
 
             if reproduce(args.profile, args.jobs):
                 return 1  # the failures were listed; every other result was written
-        else:
-            handlers[args.command](args)
+        elif handlers[args.command](args):
+            return 1
     except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

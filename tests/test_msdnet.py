@@ -50,7 +50,7 @@ def test_constants_from_the_authors_code():
     assert (cfg.frozen_stages, cfg.freeze_bn, cfg.width, cfg.bins) == ("all", True, 64, None)
     assert (cfg.projection_dropout, cfg.mask_eps, cfg.prior_eps) == (0.5, 5e-4, 1e-7)
     assert (cfg.heads, cfg.feedforward, cfg.transformer_dropout, cfg.token_self_attention) == (4, 16, 0.1, True)
-    assert (cfg.decoder_support, cfg.decoder_shots, cfg.threshold) == ("prototype", "mean", 0.5)
+    assert (cfg.decoder_support, cfg.decoder_shots, cfg.threshold) == ("prototype", "first", 0.5)
     pascal = REAL_DATA_RECIPE["pascal"]
     # Adam = AdamW without weight decay; no schedule
     assert (pascal["optimizer"], pascal["lr"], pascal["weight_decay"], pascal["schedule"]) == ("adamw", 1e-3, 0.0,
@@ -298,6 +298,7 @@ def test_decoder_switches_change_only_the_decoder_support():
     batch = _batch(k=2)
     q, s = model.episode_features(batch)
     masks = batch["support_masks"]
+    model.config.decoder_shots = "mean"
     mean = model.head(q, s, masks, 1, (64, 64))
     query = _mid(model, q, model.project_query)
     merged, _ = model.fuse(query, mean["prototype"], mean["context_mask"])

@@ -176,3 +176,45 @@ def test_resnet50_small_input_and_the_papers_parameter_count():
     # The paper reports 10.8M learnable parameters for PFENet on ResNet-50.
     print(f"PFENet head, width 256, ResNet-50: {model.learnable_parameters()} learnable parameters")
     assert model.learnable_parameters() == _head_parameters(256, 1024 + 512) == 10_817_034
+
+
+# ---------------------------------------------------------------------- switches that are not the authors'
+@pytest.mark.parametrize("name", ["pfenet", "mspf"])
+def test_prior_shortcut_adds_the_scaled_centred_prior_to_the_foreground_logit(name):
+    from fsslib.models.ops import resize_to
+
+    torch.manual_seed(0)
+    model = build_model(name, width=16, prior_shortcut=3.0).eval()
+    assert build_model(name, width=16).shortcut is None  # off by default: the authors' head
+    batch = _batch(size=64)
+    with torch.no_grad():
+        out = model(batch)
+        model.shortcut.scale.zero_()
+        plain = model(batch)
+    prior = out["prior"] if name == "pfenet" else out["priors"][0]
+    term = torch.cat([torch.zeros_like(prior), 3.0 * (prior - 0.5)], dim=1)
+    expected = plain["logits"] + resize_to(term, plain["logits"].shape[-2:], "bilinear", align_corners=True)
+    torch.testing.assert_close(out["logits"], expected, atol=1e-5, rtol=1e-5)
+    assert model.shortcut.scale.requires_grad and model.shortcut in model.active_modules()
+
+
+@pytest.mark.parametrize("name", ["pfenet", "mspf"])
+def test_foreground_weight_weights_the_foreground_class_in_every_cross_entropy(name):
+    from fsslib.models.ops import resize_to
+
+    torch.manual_seed(0)
+    model = build_model(name, width=16, foreground_weight=3.0).eval()
+    batch = _batch(size=64)
+    batch["query_mask"][:, :2] = 255
+    out = model(batch)
+    target = batch["query_mask"]
+    weight = torch.tensor([1.0, 3.0])
+
+    def ce(z):
+        z = resize_to(z, target.shape[-2:], "bilinear", align_corners=True)
+        return F.cross_entropy(z, target, weight=weight, ignore_index=255)
+
+    expected = ce(out["logits"]) + torch.stack([ce(z) for z in out["aux_logits"]]).mean()
+    total, parts = model.loss(out, batch)
+    torch.testing.assert_close(total, expected)
+    assert parts["query_ce"] == pytest.approx(ce(out["logits"]).item())

@@ -60,3 +60,36 @@ def test_a_failed_run_is_reported_and_the_rest_completes(isolated, monkeypatch, 
     out = capsys.readouterr().out
     assert "FAILED Main comparison / ['broken']" in out
     assert "ProtoNet" in (isolated / "results" / "fast" / "tables.md").read_text()
+
+
+def test_the_profile_follows_the_device_and_the_first_line_says_which(isolated, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert reproduce_module.default_profile_name() == "gpu"
+    gpu = PROFILES["gpu"]
+    assert (gpu.recipe, gpu.seeds, gpu.episodes, gpu.shots) == ({}, (0, 1, 2), 1000, (1, 5))  # the standard recipe
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert reproduce_module.default_profile_name() == "default"
+    monkeypatch.setattr(reproduce_module, "tables", lambda: [Table("main", "Main comparison",
+                                                                   [Variant("ProtoNet", "protonet", {})], {})])
+    monkeypatch.setattr("fsslib.experiments.report.main_table", lambda rows, *args: "")
+    reproduce_module.reproduce("fast")
+    assert capsys.readouterr().out.splitlines()[0].startswith("profile fast (as asked)")
+
+
+def test_collapse_check_pairs_each_seed_and_shot_with_the_reference():
+    import pandas as pd
+
+    from fsslib.experiments.report import below_half_of_reference, collapse_check
+
+    scores = pd.DataFrame([
+        ("ProtoNet", 0, 1, 0, 60.0), ("ProtoNet", 0, 1, 1, 40.0), ("ProtoNet", 0, 5, 0, 70.0),
+        ("PFENet", 0, 1, 0, 29.9),  # below half of 60 on its own seed
+        ("PFENet", 0, 1, 1, 29.9),  # above half of 40
+        ("PFENet", 0, 5, 0, 35.0),  # exactly half: holds
+    ], columns=["method", "fold", "shot", "train_seed", "miou"])
+    low = below_half_of_reference(scores, "ProtoNet")
+    assert low[["method", "shot", "train_seed"]].values.tolist() == [["PFENet", 1, 0]]
+    assert "1 exception(s)" in collapse_check(scores, "ProtoNet") and "training seed 0: 29.9" in collapse_check(scores, "ProtoNet")
+    assert "**holds**" in collapse_check(scores[scores.train_seed == 1], "ProtoNet")

@@ -1,10 +1,13 @@
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from fsslib.engine.episodic import load_run, train_fewshot
-from fsslib.engine.trainer import TrainConfig, learning_rate_factor, read_log
+from fsslib.engine.trainer import (TrainConfig, _rng_states, _set_rng_states, learning_rate_factor, pin_memory_for,
+                                   read_log)
 
 
 def small_config(**overrides):
@@ -127,3 +130,87 @@ def test_a_finished_run_loads_without_building_its_dataset(synthetic_source, tmp
     loaded = train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_warm_up_ramps_the_schedule_linearly():
+    config = TrainConfig(steps=10, schedule="constant", warmup_steps=4)
+    assert [learning_rate_factor(config, s) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
+    cosine = TrainConfig(steps=10, schedule="cosine", warmup_steps=4)
+    assert learning_rate_factor(cosine, 1) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.1)))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainConfig(warmup_steps=-1)
+
+
+class _ItemsOn(torch.utils.data.Dataset):
+    """Items whose tensors live on a given device (a cached-feature dataset on a GPU yields such items)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return {"query_feats": {"layer3": torch.zeros(2, device=self.device)}, "names": ["a"],
+                "query_mask": torch.zeros(2, dtype=torch.long)}
+
+
+def test_batches_are_pinned_only_for_a_gpu_and_cpu_items():
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert pin_memory_for(_ItemsOn("cpu"), 0, cuda)
+    assert not pin_memory_for(_ItemsOn("cpu"), 0, torch.device("cpu"))
+    # Items already on another device cannot be pinned ("only dense CPU tensors can be pinned").
+    assert not pin_memory_for(_ItemsOn("meta"), 0, cuda)
+
+
+def test_rng_states_restore_from_tensors_mapped_to_any_device(monkeypatch):
+    """A checkpoint loaded onto a GPU carries its RNG byte tensors there; restoring must bring them
+    back to the CPU (``torch.set_rng_state`` takes CPU byte tensors only)."""
+    states = _rng_states()
+    expected = torch.rand(3)
+    moved = []
+
+    class Elsewhere(torch.Tensor):  # a tensor that reports another device until moved to the CPU
+        def cpu(self, *args, **kwargs):
+            moved.append(True)
+            return torch.Tensor.cpu(self.as_subclass(torch.Tensor), *args, **kwargs)
+
+    torch.manual_seed(123)
+    _set_rng_states({**states, "torch": states["torch"].as_subclass(Elsewhere), "cuda": []})
+    assert moved and torch.equal(torch.rand(3), expected)
+
+
+def test_a_checkpoint_from_a_gpu_machine_resumes_on_the_cpu(synthetic_source, tmp_path, monkeypatch):
+    """CUDA generator states in a checkpoint are skipped on a machine without CUDA (and set only
+    for the devices it has); the checkpoint is read on the CPU whatever the run's device."""
+    config = small_config(steps=4)
+    straight = train_fewshot(config, tmp_path / "straight", progress=False, source=synthetic_source)
+    train_fewshot(config, tmp_path / "resumed", progress=False, stop_after=2, source=synthetic_source)
+    path = tmp_path / "resumed" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 2  # as saved on a two-GPU machine
+    torch.save(state, path)
+    mapped_to = {}
+    load = torch.load
+
+    def recording_load(file, *args, **kwargs):
+        mapped_to[Path(file).name] = kwargs.get("map_location")
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    resumed = train_fewshot(config, tmp_path / "resumed", progress=False, source=synthetic_source)
+    assert mapped_to["checkpoint.pt"] == "cpu"
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cached_run_trains_and_resumes_on_cuda(synthetic_source, tmp_path):
+    config = small_config(model="pfenet", steps=4, cache_features=True, augment=False, device="cuda",
+                          model_args={"width": 16, "frozen_stages": "all"})
+    straight = train_fewshot(config, tmp_path / "straight", progress=False, source=synthetic_source)
+    train_fewshot(config, tmp_path / "resumed", progress=False, stop_after=2, source=synthetic_source)
+    resumed = train_fewshot(config, tmp_path / "resumed", progress=False, source=synthetic_source)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a, b)

@@ -65,6 +65,8 @@ class TrainConfig:
     poly_power: float = 0.9
     step_size: int = 0  # "step": multiply by gamma every step_size steps
     gamma: float = 0.1
+    #: Linear learning-rate warm-up over the first steps (0: none), multiplying the schedule.
+    warmup_steps: int = 0
     grad_clip: float | None = None
     #: Channels-last memory format for the model's convolutions (faster with oneDNN on CPU and with
     #: tensor cores on CUDA; the results are the same up to float rounding).
@@ -89,6 +91,8 @@ class TrainConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
         if self.schedule == "step" and self.step_size <= 0:
@@ -112,14 +116,15 @@ def runs_dir() -> Path:
 
 def learning_rate_factor(config: TrainConfig, step: int) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based)."""
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps > 0 else 1.0
     progress = step / max(config.steps, 1)
     if config.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup * 0.5 * (1 + math.cos(math.pi * progress))
     if config.schedule == "poly":  # PFENet, SSP: (1 - t / T) ** 0.9
-        return (1 - progress) ** config.poly_power
+        return warmup * (1 - progress) ** config.poly_power
     if config.schedule == "step":
-        return config.gamma ** (step // config.step_size)
-    return 1.0
+        return warmup * config.gamma ** (step // config.step_size)
+    return warmup
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -146,11 +151,35 @@ def _rng_states() -> dict:
 
 
 def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
+    """Restore :func:`_rng_states`. Generator states are CPU byte tensors whatever device the run
+    uses (a checkpoint mapped to a GPU would carry them there); CUDA states are restored for the
+    devices this machine has (none on a CPU-only machine resuming a GPU run)."""
+    torch.set_rng_state(states["torch"].cpu())
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if torch.cuda.is_available():
+        for index, state in enumerate(states["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state.cpu(), index)
+
+
+def pin_memory_for(dataset: Dataset, index: int, device: torch.device) -> bool:
+    """Whether a DataLoader should pin its batches: only for a CUDA device, and only when the
+    items are CPU tensors (a cached-feature dataset may already yield them on the GPU, and only
+    dense CPU tensors can be pinned). Item ``index`` stands for all: a dataset keeps one device."""
+    if device.type != "cuda":
+        return False
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from tensors(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from tensors(v)
+
+    return all(t.device.type == "cpu" for t in tensors(dataset[index]))
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -260,9 +289,10 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
         micro_batch = config.batch_size // (distributed.world_size() * config.accumulate)
-        loader = DataLoader(self.dataset, batch_size=micro_batch, collate_fn=self.collate_fn,
-                            sampler=self._episode_indices(step),
-                            num_workers=config.num_workers, pin_memory=self.device.type == "cuda")
+        indices = self._episode_indices(step)
+        pin = bool(indices) and pin_memory_for(self.dataset, indices[0], self.device)
+        loader = DataLoader(self.dataset, batch_size=micro_batch, collate_fn=self.collate_fn, sampler=indices,
+                            num_workers=config.num_workers, pin_memory=pin)
         batches = iter(loader)  # creating it draws a seed from torch's RNG, so restore RNG states after
         if rng_states is not None:
             _set_rng_states(rng_states)
@@ -329,7 +359,9 @@ class Trainer:
             np.random.seed(self.config.seed)
             random.seed(self.config.seed)
             return 0, None
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # On the CPU: load_state_dict copies into the model's and optimiser's own devices, and the
+        # RNG states must stay CPU tensors.
+        state = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -267,6 +267,27 @@ def describe_recipe(recipe: dict) -> str:
     return "; ".join([common] * bool(common) + methods)
 
 
+def below_half_of_reference(scores: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Rows of ``per_training_seed`` scores below half of the ``reference`` method's mIoU on the
+    same fold, shot and training seed: a training run that did not learn (the collapse check)."""
+    keys = ["fold", "shot", "train_seed"]
+    base = scores[scores.method == reference][keys + ["miou"]].rename(columns={"miou": "reference_miou"})
+    paired = scores.merge(base, on=keys)
+    return paired[paired.miou < 0.5 * paired.reference_miou].reset_index(drop=True)
+
+
+def collapse_check(scores: pd.DataFrame, reference: str) -> str:
+    """A markdown paragraph: every (row, shot, training seed) at or above half of ``reference``, or the exceptions."""
+    low = below_half_of_reference(scores, reference)
+    rule = f"no row, shot or training seed below half of {reference}'s mIoU on the same seed and shot"
+    if low.empty:
+        return f"Collapse check: {rule}: **holds** ({len(scores)} row-seed-shot scores)."
+    lines = [f"Collapse check: {rule}: **{len(low)} exception(s)**:", ""]
+    lines += [f"- {r.method}, {r.shot}-shot, training seed {r.train_seed}: {r.miou:.1f} (reference "
+              f"{r.reference_miou:.1f})" for r in low.itertuples()]
+    return "\n".join(lines)
+
+
 def write_report(profile, source) -> Path:
     """Write ``tables.md``, one CSV of raw rows per table, and the figures; returns ``tables.md``."""
     from .reproduce import results_root, tables
@@ -283,9 +304,11 @@ def write_report(profile, source) -> Path:
              f"{setting}; fold(s) {list(profile.folds)}, training seeds {list(profile.seeds)}; "
              f"{profile.episodes} test episodes per shot (identical for every method). mIoU: class-wise accumulated "
              f"IoU; mean ± 95% interval over training seeds; differences paired per seed. {paper}."]
+    scores = []
     for table in tables():
         rows = table_rows(table, profile)
         rows.to_csv(root / f"{table.key}.csv", index=False)
+        scores.append(per_training_seed(rows))
         # Rows of failed runs are left out (the failures are listed at the end of reproduce).
         done = set(rows["method"])
         table = replace(table, variants=[v for v in table.variants if v.name in done])
@@ -295,6 +318,10 @@ def write_report(profile, source) -> Path:
         if table.key == "main":
             learning_curves(table, profile)
             qualitative(table, profile, source)
+    from .tables.main import PROTONET
+
+    scores = pd.concat(scores, ignore_index=True).drop_duplicates(["method", "fold", "shot", "train_seed"])
+    parts += ["", "## Collapse check", "", collapse_check(scores, PROTONET.name)]
     path = root / "tables.md"
     path.write_text("\n".join(parts) + "\n")
     print("\n".join(parts))

@@ -72,6 +72,9 @@ PROFILES = {
     "fast": Profile("fast", folds=(0,), seeds=(0,), episodes=8, shots=(1, 5), jobs=1),
     "default": Profile("default", folds=(0,), seeds=(0, 1, 2), recipe=DEFAULT_RECIPE, episodes=300),
     "full": Profile("full", folds=(0, 1, 2, 3), seeds=(0, 1, 2)),
+    # A CUDA machine: the default profile's tables with the standard recipe (1000 steps of 8
+    # episodes) and 1000 test episodes per shot; four worker processes share the GPU.
+    "gpu": Profile("gpu", folds=(0,), seeds=(0, 1, 2), jobs=4),
     # Real data (a GPU, the datasets and the ImageNet weights supplied by the user): the same
     # tables with each paper's recipe, one training seed, 1000 test episodes per shot and fold.
     "pascal5i": Profile("pascal5i", folds=(0, 1, 2, 3), seeds=(0,), jobs=1, benchmark="pascal5i"),
@@ -215,14 +218,28 @@ def draw_example_episodes(source, fold: int = 0, n: int = 4, seed: int = 0):
     return episode_grid(items, synthetic_class_name, title=f"synthetic benchmark, fold {fold} test episodes")
 
 
-def reproduce(profile_name: str = "default", jobs: int | None = None) -> list[str]:
-    """Run the whole pipeline of ``profile_name``; returns the failures (also printed)."""
+def default_profile_name() -> str:
+    """``gpu`` where torch sees a CUDA device, else ``default`` (the 2-core CPU profile)."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "default"
+
+
+def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[str]:
+    """Run the whole pipeline of ``profile_name`` (None: :func:`default_profile_name`); returns
+    the failures (also printed)."""
     from ..engine.pretrain import pretrained_backbone
     from .report import write_report
 
+    chosen = profile_name is None
+    profile_name = default_profile_name() if chosen else profile_name
     if profile_name not in PROFILES:
         raise ValueError(f"--profile must be one of {sorted(PROFILES)}, got {profile_name!r}")
     profile = PROFILES[profile_name]
+    how = ("chosen because torch sees a CUDA device" if profile_name == "gpu" else "no CUDA device") if chosen \
+        else "as asked"
+    print(f"profile {profile.name} ({how}): fold(s) {list(profile.folds)}, training seeds {list(profile.seeds)}, "
+          f"{profile.episodes} test episodes per shot, {jobs or profile.jobs} worker process(es)", flush=True)
     if profile.name == "fast":
         os.environ["FSSLIB_FAST"] = "1"
     start = time.perf_counter()

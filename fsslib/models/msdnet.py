@@ -133,9 +133,10 @@ Parameters
     since the projections shrink.
 
 Choices where the sources were silent or ambiguous
-    1. K shots: the authors' decoder reads the *first* shot only (``supp_feat_mask_list[0]``);
-       here :math:`D` and :math:`E` are averaged over the shots by default
-       (``decoder_shots="mean"``), ``"first"`` reproduces the authors' code. For K = 1 both agree.
+    1. K shots: the authors' decoder reads the *first* shot only (``supp_feat_mask_list[0]`` in
+       ``model/cdmd.py``), and so does the default here (``decoder_shots="first"``); the prototype
+       and the context mask still use every shot. ``decoder_shots="mean"`` averages :math:`D` and
+       :math:`E` over the shots instead. For K = 1 both agree.
     2. The stride-4/2 support features :math:`E` are, in the authors' code, the *prototype*
        multiplied by the support mask (their ``Weighted`` is applied to the pooled prototype),
        although the paper and the seed article speak of the support's mid-level features.
@@ -247,8 +248,8 @@ class MSDNetConfig(ModelConfig):
     #: Support features the decoder fuses at strides 4 and 2: "prototype" (p_k * m_k, the authors'
     #: code) or "features" (mid-level support features * m_k, the paper's text).
     decoder_support: str = "prototype"
-    #: How the decoder's support features combine K shots: "mean", or "first" (the authors' code).
-    decoder_shots: str = "mean"
+    #: How the decoder's support features combine K shots: "first" (the authors' code), or "mean".
+    decoder_shots: str = "first"
     #: Foreground where the probability exceeds this (the authors: 0.5); only the logits depend on it.
     threshold: float = 0.5
 

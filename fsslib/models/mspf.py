@@ -108,6 +108,9 @@ Choices where the paper is silent or its text was lost (each one a config field 
         the last conv before softmax or sigmoid has one. Loss weight of :math:`L_{aux}` = 1.0
         (PFENet's), dropout rates PFENet's. Mid-level projections are separate for query and
         support (PFENet's code); ``shared_projection=True`` shares them.
+    11. Not the paper's, off by default: ``prior_shortcut`` and ``foreground_weight`` as in
+        :mod:`fsslib.models.pfenet` (the shortcut adds the finest prior :math:`Y^1` to the final
+        foreground logit), for heads trained in few steps from scratch.
 
 Shapes as in :mod:`fsslib.models.base`; 1-way only. Output: ``"logits"`` ``[B, 2, H, W]``,
 ``"aux_logits"`` (list of ``[B, 2, b_i, b_i]``, empty without the auxiliary loss), ``"priors"``
@@ -125,9 +128,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FewShotSegmenter, ModelConfig
-from .ops import IGNORE_INDEX, foreground_mask, resize_to
+from .ops import foreground_mask, resize_to
 from .pfenet import (
     NUM_SCALES,
+    PriorShortcut,
     auxiliary_ce,
     classifier,
     conv_relu,
@@ -137,6 +141,7 @@ from .pfenet import (
     no_autocast,
     projection,
     pyramid_bins,
+    segmentation_ce,
     support_prototype,
 )
 from .priors import PRIOR_EPS, multi_scale_mean_cosine_priors
@@ -214,6 +219,11 @@ class MSPFConfig(ModelConfig):
     #: Dilations of the ASPP's 3x3 branches (CANet).
     aspp_rates: tuple[int, ...] = (6, 12, 18)
     aspp_dropout: float = 0.5
+    #: Initial ``a`` of PFENet's prior shortcut ``Z_fg += a (Y^1 - 1/2)`` on the final logits
+    #: (:class:`fsslib.models.pfenet.PriorShortcut`); None: the paper's head (choice 11).
+    prior_shortcut: float | None = None
+    #: Weight of the foreground class in every cross-entropy (1: unweighted, the paper's).
+    foreground_weight: float = 1.0
 
 
 def _conv_relu_dropout(c_in: int, c_out: int, kernel: int, dilation: int, dropout: float) -> nn.Sequential:
@@ -266,6 +276,7 @@ class MSPF(FewShotSegmenter):
         self.aspp = ASPP(width, config.aspp_rates, config.aspp_dropout)
         self.block = double_conv(width)
         self.cls = classifier(width, config.classifier_dropout)
+        self.shortcut = PriorShortcut(config.prior_shortcut) if config.prior_shortcut is not None else None
 
     # ------------------------------------------------------------------ section 3.2
     def prior_masks(self, query_layer4: Tensor, support_layer3: Tensor, foreground: Tensor,
@@ -361,21 +372,26 @@ class MSPF(FewShotSegmenter):
             scales, fused = mixed, self.baseline_fusion(mixed, size)
         fused = self.block(fused) + fused
         output["scale_features"] = scales
-        output["logits"] = resize_to(self.cls(fused), out_size, "bilinear", align_corners=True)
+        logits = self.cls(fused)
+        if self.shortcut is not None:
+            logits = self.shortcut(logits, priors[0])
+        output["logits"] = resize_to(logits, out_size, "bilinear", align_corners=True)
         return output
 
     def loss(self, output, batch):
         target = batch["query_mask"]
-        main = F.cross_entropy(output["logits"], target, ignore_index=IGNORE_INDEX)
+        main = segmentation_ce(output["logits"], target, self.config.foreground_weight)
         if not output["aux_logits"]:
             return main, {"query_ce": main.item()}
-        aux = auxiliary_ce(output["aux_logits"], target)
+        aux = auxiliary_ce(output["aux_logits"], target, self.config.foreground_weight)
         return main + self.config.aux_weight * aux, {"query_ce": main.item(), "aux_ce": aux.item()}
 
     def active_modules(self) -> list[nn.Module]:
         """The modules the current configuration runs (in training, for the auxiliary classifiers)."""
         cfg = self.config
         modules = [self.backbone, self.project_query, self.merge, self.block, self.cls]
+        if self.shortcut is not None:
+            modules.append(self.shortcut)
         if not cfg.shared_projection:
             modules.append(self.project_support)
         if not cfg.multi_scale_fusion:

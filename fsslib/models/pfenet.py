@@ -57,6 +57,15 @@ Loss
     :math:`\mathrm{CE}(Z, M_q) + 1.0 \cdot \frac{1}{n} \sum_i \mathrm{CE}(\operatorname{up}(Z_i), M_q)`,
     255 ignored, every :math:`Z_i` upsampled bilinearly (aligned corners) to the label size.
 
+Switches that are not the authors' (off by default; the synthetic recipe turns the shortcut on)
+    ``prior_shortcut=a0`` adds a learnable multiple of the centred prior to the foreground logit,
+    :math:`Z_{fg} \leftarrow Z_{fg} + a\,(Y_q - \tfrac12)` with :math:`a` starting at ``a0``
+    (:class:`PriorShortcut`). A head trained from scratch in few steps can settle in the
+    all-background solution (foreground is a few percent of the pixels, so the loss falls while
+    every pixel stays background); the shortcut starts the head at the training-free prior's
+    segmentation instead. ``foreground_weight`` weights the foreground class in every
+    cross-entropy (the other remedy for a rare class, compared with it in the README).
+
 Bins
     The authors use ``[60, 30, 15, 8]`` at 473x473 input (60x60 features). ``bins=None`` (the
     default) applies the rule :math:`b_i = \lceil h / 2^{i-1} \rceil` (per side), which gives
@@ -83,7 +92,7 @@ from .base import FewShotSegmenter, ModelConfig
 from .ops import IGNORE_INDEX, foreground_mask, mask_to_feature_size, masked_average_pooling, resize_to
 from .priors import PRIOR_EPS, max_cosine_prior
 
-__all__ = ["PFENet", "PFENetConfig", "REAL_DATA_RECIPE", "pyramid_bins"]
+__all__ = ["PFENet", "PFENetConfig", "PriorShortcut", "REAL_DATA_RECIPE", "pyramid_bins"]
 
 #: The authors' training recipes on real data, from their configs ``pascal_split*_resnet50.yaml``
 #: and ``coco_split*_resnet101.yaml``. Keys are :class:`fsslib.engine.trainer.TrainConfig` fields
@@ -128,6 +137,11 @@ class PFENetConfig(ModelConfig):
     aux_weight: float = 1.0
     #: One mid-level projection for query and support (False: separate, as the authors' code).
     shared_projection: bool = False
+    #: Initial value of ``a`` in the prior shortcut ``Z_fg += a (Y - 1/2)`` (:class:`PriorShortcut`);
+    #: None: the authors' head, which has no such term.
+    prior_shortcut: float | None = None
+    #: Weight of the foreground class in every cross-entropy (1: the authors' unweighted loss).
+    foreground_weight: float = 1.0
 
 
 # ---------------------------------------------------------------------- building blocks (shared with MSPF)
@@ -229,11 +243,37 @@ def _object_box(foreground: Tensor, size: Sequence[int], margin: int) -> list[tu
     return box
 
 
-def auxiliary_ce(aux_logits: Sequence[Tensor], target: Tensor) -> Tensor:
+def segmentation_ce(logits: Tensor, target: Tensor, foreground_weight: float = 1.0) -> Tensor:
+    """Cross-entropy of ``[B, 2, H, W]`` logits and ``[B, H, W]`` labels, 255 ignored, the foreground
+    class weighted by ``foreground_weight`` (1: unweighted, the authors' loss)."""
+    weight = None if foreground_weight == 1.0 else logits.new_tensor([1.0, foreground_weight])
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+
+
+def auxiliary_ce(aux_logits: Sequence[Tensor], target: Tensor, foreground_weight: float = 1.0) -> Tensor:
     """Mean cross-entropy (255 ignored) of per-scale logits, each upsampled (bilinear, aligned) to the label."""
-    losses = [F.cross_entropy(resize_to(z, target.shape[-2:], "bilinear", align_corners=True), target,
-                              ignore_index=IGNORE_INDEX) for z in aux_logits]
+    losses = [segmentation_ce(resize_to(z, target.shape[-2:], "bilinear", align_corners=True), target,
+                              foreground_weight) for z in aux_logits]
     return torch.stack(losses).mean()
+
+
+class PriorShortcut(nn.Module):
+    r"""``Z_fg <- Z_fg + a (Y - 1/2)``: the training-free prior added to the foreground logit.
+
+    ``a`` is one learnable scalar starting at ``init``; the prior ``[B, 1, h, w]`` is resized
+    (bilinear, aligned corners) to the logits ``[B, 2, h', w']``. With ``a > 0`` the untrained
+    head already segments where the prior exceeds 1/2, so training starts outside the
+    all-background solution; the head can learn to rely on the prior less (``a`` -> 0).
+    """
+
+    def __init__(self, init: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, logits: Tensor, prior: Tensor) -> Tensor:
+        prior = resize_to(prior.to(logits.dtype), logits.shape[-2:], "bilinear", align_corners=True)
+        background = torch.zeros_like(prior)
+        return logits + torch.cat([background, self.scale * (prior - 0.5)], dim=1)
 
 
 def no_autocast(device: torch.device):
@@ -261,6 +301,7 @@ class PFENet(FewShotSegmenter):
         self.res1 = conv_relu(scales * width, width, 1)
         self.res2 = double_conv(width)
         self.cls = classifier(width, config.classifier_dropout)
+        self.shortcut = PriorShortcut(config.prior_shortcut) if config.prior_shortcut is not None else None
 
     # ------------------------------------------------------------------ pieces
     def prior_mask(self, query_layer4: Tensor, support_layer3: Tensor, foreground: Tensor, shots: tuple[int, int],
@@ -315,19 +356,24 @@ class PFENet(FewShotSegmenter):
         prototype = support_prototype(support, foreground, (batch, shots), self.config.mask_eps)
         prior = self.prior_mask(query_feats["layer4"], support_layer3, foreground, (batch, shots), query.shape[-2:])
         merged, inner = self.enrich(query, prototype, prior)
-        logits = resize_to(self.cls(merged), out_size, "bilinear", align_corners=True)
+        logits = self.cls(merged)
+        if self.shortcut is not None:
+            logits = self.shortcut(logits, prior)
+        logits = resize_to(logits, out_size, "bilinear", align_corners=True)
         return {"logits": logits, "aux_logits": inner, "prior": prior, "prototype": prototype}
 
     def loss(self, output, batch):
         target = batch["query_mask"]
-        main = F.cross_entropy(output["logits"], target, ignore_index=IGNORE_INDEX)
-        aux = auxiliary_ce(output["aux_logits"], target)
+        main = segmentation_ce(output["logits"], target, self.config.foreground_weight)
+        aux = auxiliary_ce(output["aux_logits"], target, self.config.foreground_weight)
         return main + self.config.aux_weight * aux, {"query_ce": main.item(), "aux_ce": aux.item()}
 
     def active_modules(self) -> list[nn.Module]:
         """The modules the current configuration runs (the unused support projection is left out)."""
         modules = [self.backbone, self.project_query, self.merge, self.alpha, self.beta, self.inner_cls,
                    self.res1, self.res2, self.cls]
+        if self.shortcut is not None:
+            modules.append(self.shortcut)
         return modules if self.config.shared_projection else modules + [self.project_support]
 
     def learnable_parameters(self) -> int:
