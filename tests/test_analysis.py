@@ -241,6 +241,24 @@ def test_collected_prototypes_are_the_models_own(synthetic_source):
     assert not set(base.meta["class"]) & set(fold_classes("synthetic", 0))
 
 
+@pytest.mark.parametrize("background", ["not_foreground", "labelled"])
+def test_collected_background_prototypes_follow_the_models_background_rule(synthetic_source, background):
+    torch.manual_seed(0)
+    model = build_model("protonet", feature_stage="layer3", background=background).eval()
+    prototypes = collect_prototypes(model, synthetic_source, 0, episodes=3, shot=1, seed=2, drop_empty=False,
+                                    predictions=False, device="cpu")
+    from fsslib.analysis.collect import episode_pool
+
+    pool = episode_pool(synthetic_source, 0, "novel")
+    dataset = EpisodeDataset(pool, eval_transform(128), episodes=sample_episodes(pool, 3, 1, seed=2))
+    batch = collate_episodes([dataset[i] for i in range(3)])
+    assert (batch["support_masks"] == 255).any()  # void pixels, where the two rules differ
+    with torch.no_grad():
+        output = model(batch)
+    torch.testing.assert_close(torch.from_numpy(prototypes.select(role="support", region="bg").vectors),
+                               output["prototypes"][:, 0], rtol=1e-4, atol=1e-5)
+
+
 def test_support_query_distances_stays_importable_from_prototypes():
     from fsslib.analysis.collect import support_query_distances as new
     from fsslib.analysis.prototypes import support_query_distances

@@ -48,3 +48,16 @@ def test_only_a_backbone_frozen_entirely_counts_as_frozen():
     assert backbone_frozen(_model())
     assert not backbone_frozen(build_model("pfenet", backbone="smallcnn", width=16, frozen_stages=("layer1",), freeze_bn=True))
     assert not backbone_frozen(build_model("pfenet", backbone="smallcnn", width=16, frozen_stages="all", freeze_bn=False))
+
+
+def test_cached_support_masks_code_n_way_supports_like_the_episode_dataset(synthetic_source):
+    from fsslib.data import EXCLUDED, EpisodeDataset, EpisodePool, eval_transform, sample_episodes
+
+    pool = EpisodePool.for_fold(synthetic_source, 0, "val")
+    episodes = sample_episodes(pool, 4, shot=1, way=2, seed=0)
+    stems = {s for e in episodes for s in (e.query, *e.supports)}
+    cache = FeatureCache(_model(), synthetic_source, stems, 128, torch.device("cpu"))
+    dataset = EpisodeDataset(pool, eval_transform(128), shot=1, way=2, episodes=episodes)
+    cached = torch.stack([cache.support_masks(e) for e in episodes])
+    assert torch.equal(cached, torch.stack([dataset[i]["support_masks"] for i in range(len(episodes))]))
+    assert (cached == EXCLUDED).any()  # other ways' pixels are EXCLUDED there too, not void

@@ -7,7 +7,7 @@ output has one channel per way plus background; binary-only methods refuse N-way
 import pytest
 import torch
 
-from fsslib.models import METHODS, build_model
+from fsslib.models import EXCLUDED, METHODS, build_model
 
 SMALL = {"pfenet": {"width": 16}, "mspf": {"width": 16}, "msdnet": {}}
 BINARY_ONLY = {"ssp", "pfenet", "mspf", "msdnet"}
@@ -58,3 +58,36 @@ def test_n_way_gives_one_channel_per_way_or_a_clear_error(name):
                 net(b)
         else:
             assert net(b)["logits"].shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_excluded_support_pixels_act_exactly_as_the_old_ignore_coding(name):
+    """Pixels that are neither foreground nor background (other ways' objects, unlabelled scribble
+    pixels) are coded 254 (EXCLUDED) instead of 255 (void). Next to real void pixels, every method
+    gives bit for bit what it gave with the old coding: all of them but PANet and ProtoNet with
+    their default, and those two with ``background="labelled"`` (the rule before EXCLUDED)."""
+    args = {"background": "labelled"} if name in ("panet", "protonet") else {}
+    torch.manual_seed(0)
+    net = build_model(name, **SMALL.get(name, {}), **args)
+    b = batch(k=2, seed=5)  # support masks with void rows
+    masks = b["support_masks"].clone()
+    masks[..., 40:48, :] = EXCLUDED  # across foreground and background
+    old_coding = masks.masked_fill(masks == EXCLUDED, 255)
+    query_mask = torch.randint(0, 2, (2, 64, 64), generator=torch.Generator().manual_seed(6))
+    query_mask[:, :2] = 255
+    for training in (False, True):
+        net.train(training)
+        results = []
+        for m in (masks, old_coding):
+            torch.manual_seed(1)  # dropout draws the same
+            episode = {**b, "support_masks": m, "query_mask": query_mask}
+            with torch.no_grad():
+                out = net(episode)
+                results.append((out, net.loss(out, episode) if training else None))
+        (new, new_loss), (old, old_loss) = results
+        assert new.keys() == old.keys()
+        for key in new:
+            pairs = zip(new[key], old[key]) if isinstance(new[key], (list, tuple)) else [(new[key], old[key])]
+            assert all(torch.equal(x, y) for x, y in pairs), key
+        if training:
+            assert torch.equal(new_loss[0], old_loss[0]) and new_loss[1] == old_loss[1]

@@ -5,9 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from fsslib.models.ops import (
+    EXCLUDED,
+    IGNORE_INDEX,
     background_mask,
     clamped_norm,
     cosine_logits,
+    excluded_as_ignore,
     foreground_mask,
     mask_to_feature_size,
     masked_average_pooling,
@@ -209,6 +212,42 @@ def test_foreground_and_background_masks_leave_ignore_out():
     assert torch.equal(foreground_mask(labels), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
     assert torch.equal(foreground_mask(labels, label=2), torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
     assert torch.equal(background_mask(labels), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+
+
+def test_background_rules_differ_on_void_only():
+    # 0 background, 1 the class, 255 void, 254 excluded (another way's class), 2 another way of a query map
+    labels = torch.tensor([[0, 1, 255, 254, 2]])
+    assert torch.equal(background_mask(labels), background_mask(labels, "labelled"))  # the default
+    assert background_mask(labels, "labelled").tolist() == [[1.0, 0.0, 0.0, 0.0, 0.0]]
+    assert background_mask(labels, "not_foreground").tolist() == [[1.0, 0.0, 1.0, 0.0, 0.0]]
+    assert foreground_mask(labels).tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0]]  # excluded is never foreground
+    with pytest.raises(ValueError, match="background rule.*'void'"):
+        background_mask(labels, "void")
+
+
+def test_the_excluded_code_is_the_datas_and_can_be_ignored_by_a_loss():
+    from fsslib.data import EXCLUDED as DATA_EXCLUDED, IGNORE
+
+    assert (EXCLUDED, IGNORE_INDEX) == (DATA_EXCLUDED, IGNORE) == (254, 255)
+    labels = torch.tensor([[[0, 1, 254, 255]]])  # [B=1, H=1, W=4]
+    assert excluded_as_ignore(labels).tolist() == [[[0, 1, 255, 255]]]
+    logits = torch.randn(1, 2, 1, 4)
+    with pytest.raises(IndexError, match="out of bounds"):  # 254 is no class of a two-channel output
+        F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    expected = F.cross_entropy(logits[..., :2], labels[..., :2])
+    torch.testing.assert_close(F.cross_entropy(logits, excluded_as_ignore(labels), ignore_index=IGNORE_INDEX), expected)
+
+
+@pytest.mark.parametrize("mode", ["resize_mask", "upsample_features"])
+def test_a_raw_label_map_pools_like_its_foreground_with_void_and_excluded_as_zero(mode):
+    torch.manual_seed(0)
+    features = torch.randn(2, 4, 3, 5)
+    labels = torch.randint(0, 2, (2, 7, 9))
+    labels[0, :2] = IGNORE_INDEX
+    labels[1, :, :3] = EXCLUDED
+    pooled = masked_average_pooling(features, labels, mode)
+    torch.testing.assert_close(pooled, masked_average_pooling(features, labels == 1, mode), rtol=0, atol=0)
+    assert torch.equal(mask_to_feature_size(labels, (3, 5)), mask_to_feature_size(labels == 1, (3, 5)))
 
 
 @pytest.mark.parametrize("align_corners", [False, True])

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from fsslib.models import build_model
-from fsslib.models.panet import PANet, par_loss, prototype_alignment
+from fsslib.models.ops import EXCLUDED, cosine_logits
+from fsslib.models.panet import PANet, PANetConfig, par_loss, par_targets, prototype_alignment
+from fsslib.models.protonet import ProtoNetConfig
 
 
 @pytest.fixture(autouse=True)
@@ -16,10 +18,24 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def reference_par(query, supports, masks, way, scale=20.0, eps=1e-5):
+def support_fg_bg(lab, background):
+    """Foreground and background masks of one coded support, written as the authors' getMask.
+
+    ``"not_foreground"``: background = every pixel that is neither the class (1) nor another class
+    of the episode (254), void (255) included. ``"labelled"``: background = the pixels coded 0.
+    """
+    fg = (lab == 1).float()
+    if background == "not_foreground":
+        bg = ((lab != 1) & (lab != EXCLUDED)).float()
+    else:
+        bg = (lab == 0).float()
+    return fg, bg
+
+
+def reference_par(query, supports, masks, way, scale=20.0, eps=1e-5, background="not_foreground"):
     """PAR written out with loops, one episode, way and shot at a time, as the authors' alignLoss.
 
-    query [B, C, h, w], supports [B, N*K, C, h, w], masks [B, N*K, H, W] (1 / 0 / 255).
+    query [B, C, h, w], supports [B, N*K, C, h, w], masks [B, N*K, H, W] (1 / 0 / 255 / 254).
     """
     b, s = supports.shape[:2]
     shot, size = s // way, masks.shape[-2:]
@@ -31,8 +47,10 @@ def reference_par(query, supports, masks, way, scale=20.0, eps=1e-5):
         def pool(f, m):
             up = F.interpolate(f[None], size=size, mode="bilinear", align_corners=False)[0]
             return (up * m).sum(dim=(1, 2)) / (m.sum() + eps)
-        fg = [sum(pool(feats[n, k], (lab[n, k] == 1).float()) for k in range(shot)) / shot for n in range(way)]
-        bg = sum(sum(pool(feats[n, k], (lab[n, k] == 0).float()) for k in range(shot)) / shot for n in range(way)) / way
+        fg = [sum(pool(feats[n, k], support_fg_bg(lab[n, k], background)[0]) for k in range(shot)) / shot
+              for n in range(way)]
+        bg = sum(sum(pool(feats[n, k], support_fg_bg(lab[n, k], background)[1]) for k in range(shot)) / shot
+                 for n in range(way)) / way
         pred = torch.stack([F.cosine_similarity(query[e], p[:, None, None], dim=0) * scale for p in [bg] + fg])
         y = pred.argmax(dim=0)
         q_protos = [(query[e] * (y == j)).sum(dim=(1, 2)) / ((y == j).sum() + eps) for j in range(1 + way)]
@@ -43,7 +61,12 @@ def reference_par(query, supports, masks, way, scale=20.0, eps=1e-5):
                 dist = torch.stack([F.cosine_similarity(feats[n, k], p[:, None, None], dim=0) * scale
                                     for p in (q_protos[0], q_protos[n + 1])])
                 up = F.interpolate(dist[None], size=size, mode="bilinear", align_corners=False)
-                total = total + F.cross_entropy(up, lab[n, k][None], ignore_index=255) / shot / way
+                # the support's label: 255 everywhere, then 1 on the foreground and 0 on the background
+                fg_mask, bg_mask = support_fg_bg(lab[n, k], background)
+                label = torch.full_like(lab[n, k], 255)
+                label[fg_mask == 1] = 1
+                label[bg_mask == 1] = 0
+                total = total + F.cross_entropy(up, label[None], ignore_index=255) / shot / way
     return total / b
 
 
@@ -76,13 +99,15 @@ def test_par_loss_matches_a_hand_computation():
     assert total.item() == pytest.approx(parts["query_ce"] + expected, rel=1e-5)
 
 
-def test_par_matches_the_loop_computation_for_n_way_k_shot_with_upsampling():
+@pytest.mark.parametrize("background", ["not_foreground", "labelled"])
+def test_par_matches_the_loop_computation_for_n_way_k_shot_with_upsampling(background):
     torch.manual_seed(0)
     b, way, shot, c = 3, 2, 2, 8
     query, supports = torch.randn(b, c, 4, 5), torch.randn(b, way * shot, c, 4, 5)
     masks = torch.randint(0, 2, (b, way * shot, 13, 11))
-    masks[:, :, :3] = 255
-    model = build_model("panet").train()
+    masks[:, :, :3] = 255  # void
+    masks[:, :, -2:, :4] = EXCLUDED  # the other way's object
+    model = build_model("panet", background=background).train()
     prototypes = model.head({"layer4": query}, {"layer4": supports}, masks, way, (13, 11))["prototypes"]
     query[1, :, :2] = prototypes[1, 1, :, None, None]  # episode 1: way 1 and background only, way 2 skipped
     query[1, :, 2:] = prototypes[1, 0, :, None, None]
@@ -90,7 +115,11 @@ def test_par_matches_the_loop_computation_for_n_way_k_shot_with_upsampling():
     assert out["par_valid"][1].tolist() == [True, False] and out["par_valid"][[0, 2]].any()
     assert out["support_logits"].shape == (b, way * shot, 2, 13, 11)
     _, parts = model.loss(out, {"query_mask": torch.randint(0, 3, (b, 13, 11)), "support_masks": masks})
-    assert parts["par"] == pytest.approx(reference_par(query, supports, masks, way).item(), rel=1e-5)
+    expected = reference_par(query, supports, masks, way, background=background).item()
+    assert parts["par"] == pytest.approx(expected, rel=1e-5)
+    other_rule = "labelled" if background == "not_foreground" else "not_foreground"
+    other = reference_par(query, supports, masks, way, background=other_rule)
+    assert other.item() != pytest.approx(expected, rel=1e-3)  # the rule matters on these masks
 
 
 def test_a_way_or_episode_with_no_predicted_foreground_contributes_no_par_term():
@@ -176,10 +205,10 @@ def test_multi_way_outputs_and_weak_supports():
     torch.manual_seed(5)
     b, way, shot = 2, 3, 2
     model = build_model("panet", feature_stage="layer4").train()
-    masks = torch.full((b, way * shot, 64, 64), 255)
-    masks[..., 10:14, 10:30] = 1  # scribble-like supports: a few labelled pixels, the rest ignored
+    masks = torch.full((b, way * shot, 64, 64), EXCLUDED)
+    masks[..., 10:14, 10:30] = 1  # scribble-like supports: a few labelled pixels, the rest unlabelled
     masks[..., 50:52, :] = 0
-    masks[0, 1] = 255  # a support with no labelled pixel at all contributes 0, not NaN
+    masks[0, 1] = EXCLUDED  # a support with no labelled pixel at all contributes 0, not NaN
     batch = {"query_img": torch.randn(b, 3, 64, 64), "support_imgs": torch.randn(b, way * shot, 3, 64, 64),
              "support_masks": masks, "support_classes": torch.ones(b, way, dtype=torch.long),
              "query_mask": torch.randint(0, way + 1, (b, 64, 64))}
@@ -230,7 +259,120 @@ def test_prototype_alignment_is_usable_outside_training_for_figures():
     model = build_model("panet").eval()
     masks = torch.randint(0, 2, (1, 2, 16, 16))
     prototypes = model.head({"layer4": query}, {"layer4": supports}, masks, 2, (16, 16))["prototypes"]
-    from fsslib.models.ops import cosine_logits
     reverse = prototype_alignment(query, cosine_logits(query, prototypes, 20.0), supports, 2, (16, 16), 20.0, 1e-5)
     trained = model.train().head({"layer4": query}, {"layer4": supports}, masks, 2, (16, 16))
     torch.testing.assert_close(reverse["support_logits"], trained["support_logits"])
+
+
+# ---------------------------------------------------------------------- which pixels are background
+def _one_support_episode(mask):
+    """One 1-way 1-shot episode at feature resolution (no resizing): pixel i of the 1 x 4 support
+    has feature e_i, so a prototype's coordinates say which pixels it pooled and with what weight."""
+    support = torch.eye(4).view(4, 1, 4)  # [C=4, h=1, w=4]
+    return {"layer4": support[None, None]}, mask.view(1, 1, 1, 4)
+
+
+def test_config_default_is_the_authors_background_and_a_wrong_rule_is_a_clear_error():
+    assert ProtoNetConfig().background == PANetConfig().background == "not_foreground"
+    supports, masks = _one_support_episode(torch.tensor([1, 0, 255, 254]))
+    model = build_model("panet", background="void")
+    with pytest.raises(ValueError, match="background rule"):
+        model.head({"layer4": torch.randn(1, 4, 1, 4)}, supports, masks, 1, (1, 4))
+
+
+def test_the_authors_rule_pools_void_into_the_background_and_par_labels_it_background():
+    mask = torch.tensor([1, 0, 255, 254])  # class, background, void, another way's class
+    supports, masks = _one_support_episode(mask)
+    query = {"layer4": torch.randn(1, 4, 1, 4)}
+    eps = 1e-5
+    authors = build_model("protonet").head(query, supports, masks, 1, (1, 4))["prototypes"][0]
+    labelled = build_model("protonet", background="labelled").head(query, supports, masks, 1, (1, 4))["prototypes"][0]
+    # background prototype: mean of pixels 1 and 2 (background and void) vs pixel 1 alone; never pixel 3
+    torch.testing.assert_close(authors[0], torch.tensor([0.0, 1.0, 1.0, 0.0]) / (2 + eps))
+    torch.testing.assert_close(labelled[0], torch.tensor([0.0, 1.0, 0.0, 0.0]) / (1 + eps))
+    torch.testing.assert_close(authors[1], labelled[1])  # the foreground does not depend on the rule
+    torch.testing.assert_close(authors[1], torch.tensor([1.0, 0.0, 0.0, 0.0]) / (1 + eps))
+    # PAR's label: void is background (0) under the authors' rule, ignored under "labelled";
+    # the other way's pixel is ignored under both
+    assert par_targets(mask).tolist() == [1, 0, 0, 255]
+    assert par_targets(mask, "labelled").tolist() == [1, 0, 255, 255]
+
+
+def test_par_loss_counts_void_as_background_by_hand():
+    # support logits at the mask size; the query side is irrelevant to the loss given the logits
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [0.0, 1.0, 1.5, -2.0]]).view(1, 1, 2, 1, 4)  # (bg, fg) per pixel
+    masks = torch.tensor([1, 0, 255, 254]).view(1, 1, 1, 4)
+    valid = torch.tensor([[True]])
+
+    def ce(pixel, label):
+        z = logits[0, 0, :, 0, pixel]
+        return (torch.logsumexp(z, 0) - z[label]).item()
+
+    authors = (ce(0, 1) + ce(1, 0) + ce(2, 0)) / 3  # void is labelled background; 254 ignored
+    labelled = (ce(0, 1) + ce(1, 0)) / 2  # void and 254 ignored
+    assert par_loss(logits, masks, valid).item() == pytest.approx(authors, rel=1e-6)
+    assert par_loss(logits, masks, valid, "labelled").item() == pytest.approx(labelled, rel=1e-6)
+
+
+@pytest.mark.parametrize("background", ["not_foreground", "labelled"])
+def test_other_way_pixels_are_neither_foreground_nor_background_in_two_way_supports(background):
+    # 2-way 1-shot at feature resolution: what a support's EXCLUDED pixels hold changes nothing,
+    # neither the prototypes nor the prediction nor PAR; what its void pixels hold changes the
+    # background only under the authors' rule.
+    torch.manual_seed(9)
+    c, size = 6, (5, 6)
+    query, supports = torch.randn(2, c, *size), torch.randn(2, 2, c, *size)
+    masks = torch.randint(0, 2, (2, 2, *size))
+    masks[:, 0, :, :2] = EXCLUDED  # way 0's supports show way 1's object here, and vice versa
+    masks[:, 1, -1, :] = EXCLUDED
+    masks[:, :, 0, -2:] = 255  # void
+    model = build_model("panet", background=background).train()
+    batch = {"query_mask": torch.randint(0, 3, (2, *size)), "support_masks": masks}
+
+    def run(feats):
+        out = model.head({"layer4": query}, {"layer4": feats}, masks, 2, size)
+        return out, model.loss(out, batch)[1]["par"]
+
+    base, par = run(supports)
+    excluded = supports.clone()
+    excluded.permute(0, 1, 3, 4, 2)[masks == EXCLUDED] = 100.0  # [B, S, h, w, C] view: every channel
+    assert not torch.equal(excluded, supports)
+    changed, par_changed = run(excluded)
+    torch.testing.assert_close(changed["prototypes"], base["prototypes"], rtol=0, atol=0)
+    torch.testing.assert_close(changed["logits"], base["logits"], rtol=0, atol=0)
+    assert par_changed == par
+    assert (par_targets(masks, background)[masks == EXCLUDED] == 255).all()
+
+    void = supports.clone()
+    void.permute(0, 1, 3, 4, 2)[masks == 255] = 100.0
+    moved, _ = run(void)
+    torch.testing.assert_close(moved["prototypes"][:, 1:], base["prototypes"][:, 1:], rtol=0, atol=0)
+    assert torch.equal(moved["prototypes"][:, 0], base["prototypes"][:, 0]) == (background == "labelled")
+
+
+def test_the_labelled_rule_reproduces_the_old_coding_exactly():
+    """``background="labelled"`` on masks coded with EXCLUDED gives bit for bit what the same
+    model gave when other ways' pixels were coded 255 like void (the rule before EXCLUDED)."""
+    torch.manual_seed(10)
+    way, shot, c = 2, 2, 8
+    query, supports = torch.randn(2, c, 4, 5), torch.randn(2, way * shot, c, 4, 5)
+    masks = torch.randint(0, 2, (2, way * shot, 13, 11))
+    masks[:, :, :3] = 255
+    masks[:, :, -3:, 5:] = EXCLUDED
+    old_coding = masks.masked_fill(masks == EXCLUDED, 255)
+    batch = {"query_mask": torch.randint(0, 3, (2, 13, 11))}
+    model = build_model("panet", background="labelled").train()
+    new = model.head({"layer4": query}, {"layer4": supports}, masks, way, (13, 11))
+    old = model.head({"layer4": query}, {"layer4": supports}, old_coding, way, (13, 11))
+    for key in ("logits", "prototypes", "support_logits", "query_prototypes", "par_valid"):
+        assert torch.equal(new[key], old[key]), key
+    new_total, new_parts = model.loss(new, {**batch, "support_masks": masks})
+    old_total, old_parts = model.loss(old, {**batch, "support_masks": old_coding})
+    assert torch.equal(new_total, old_total) and new_parts == old_parts
+    # and the old coding's PAR is the loop reference with 255 ignored and 0 as background
+    assert old_parts["par"] == pytest.approx(reference_par(query, supports, old_coding, way, background="labelled").item(),
+                                             rel=1e-5)
+    # the authors' rule, on the same masks, gives another background prototype
+    authors = build_model("panet").train().head({"layer4": query}, {"layer4": supports}, masks, way, (13, 11))
+    assert not torch.allclose(authors["prototypes"][:, 0], new["prototypes"][:, 0])
+    torch.testing.assert_close(authors["prototypes"][:, 1:], new["prototypes"][:, 1:], rtol=0, atol=0)

@@ -10,12 +10,13 @@ def test_prototypes_and_logits_match_a_hand_computation():
     # One episode, one support: 2-D features on a 2x2 grid, mask at feature resolution.
     support = torch.tensor([[[1.0, 3.0], [0.0, 0.0]], [[0.0, 1.0], [2.0, 2.0]]])  # [C=2, h, w]
     mask = torch.tensor([[1, 1], [0, 255]])
-    prototypes = episode_prototypes(support[None, None], mask[None, None], way=1, pooling="upsample_features", eps=0)
+    prototypes = episode_prototypes(support[None, None], mask[None, None], way=1, pooling="upsample_features", eps=0,
+                                    background="labelled")
     fg = torch.tensor([(1 + 3) / 2, (0 + 1) / 2])  # mean of the two foreground vectors
-    bg = torch.tensor([0.0, 2.0])  # the single background vector; 255 is in neither
+    bg = torch.tensor([0.0, 2.0])  # the single background vector; 255 is in neither under "labelled"
     torch.testing.assert_close(prototypes[0], torch.stack([bg, fg]))
 
-    model = build_model("protonet", feature_stage="layer4")
+    model = build_model("protonet", feature_stage="layer4", background="labelled")
     query = torch.tensor([[[1.0]], [[0.0]]])  # one query pixel with feature (1, 0)
     out = model.head({"layer4": query[None]}, {"layer4": support[None, None]}, mask[None, None], 1, (1, 1))
     expected = 20 * torch.stack([F.cosine_similarity(query[:, 0, 0], p, dim=0) for p in (bg, fg)])
@@ -43,3 +44,19 @@ def test_build_model_rejects_unknown_names_and_keys():
         build_model("protonett")
     with pytest.raises(ValueError, match="unknown config key.*'scal'.*valid keys"):
         build_model("protonet", scal=10)
+
+
+def test_the_default_background_includes_void_pixels():
+    # As above but the void pixel holds (4, 0): the authors' rule averages it into the background.
+    support = torch.tensor([[[1.0, 3.0], [0.0, 4.0]], [[0.0, 1.0], [2.0, 0.0]]])  # [C=2, h, w]
+    mask = torch.tensor([[1, 1], [0, 255]])
+    default = episode_prototypes(support[None, None], mask[None, None], way=1, pooling="upsample_features", eps=0)
+    labelled = episode_prototypes(support[None, None], mask[None, None], way=1, pooling="upsample_features", eps=0,
+                                  background="labelled")
+    torch.testing.assert_close(default[0, 0], torch.tensor([(0 + 4) / 2, (2 + 0) / 2]))
+    torch.testing.assert_close(labelled[0, 0], torch.tensor([0.0, 2.0]))
+    torch.testing.assert_close(default[0, 1], labelled[0, 1])
+    query = torch.tensor([[[1.0]], [[0.0]]])
+    out = build_model("protonet").head({"layer4": query[None]}, {"layer4": support[None, None]}, mask[None, None], 1,
+                                      (1, 1))
+    torch.testing.assert_close(out["prototypes"], default)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsslib.models import build_model
+from fsslib.models import EXCLUDED, build_model
 from fsslib.models.protonet import episode_prototypes
 from fsslib.models.ssp import (
     REFINE_OUTPUT_WEIGHT,
@@ -121,7 +121,7 @@ def test_support_prototypes_by_hand_and_k_shot_mean_equals_protonet():
         for k in range(3):
             torch.testing.assert_close(fg[b, k], _map(supports[b, k], masks[b, k] == 1))
             torch.testing.assert_close(bg[b, k], _map(supports[b, k], masks[b, k] == 0))
-    reference = episode_prototypes(supports, masks, way=1, pooling="resize_mask", eps=1e-5)
+    reference = episode_prototypes(supports, masks, way=1, pooling="resize_mask", eps=1e-5, background="labelled")
     out = _head(build_model("ssp"), query, supports, masks)
     torch.testing.assert_close(out["prototypes"], reference)
     torch.testing.assert_close(out["prototypes"], torch.stack([bg.mean(1), fg.mean(1)], dim=1))
@@ -202,7 +202,7 @@ def test_logits_are_upsampled_bilinearly_with_align_corners():
 # ---------------------------------------------------------------------- switches
 def test_all_off_is_the_prototype_baseline():
     query, supports, masks = _episode(k=2, seed=6)
-    protonet = build_model("protonet", feature_stage="layer3", scale=10.0, pooling="resize_mask")
+    protonet = build_model("protonet", feature_stage="layer3", scale=10.0, pooling="resize_mask", background="labelled")
     baseline = _head(protonet, query, supports, masks)["logits"]  # at feature size: no resize
     for refine in (False, True):
         out = _head(build_model("ssp", **{**ALL_OFF, "refine": refine}), query, supports, masks)
@@ -393,3 +393,21 @@ def test_gathered_attention_equals_the_masked_softmax_over_all_pixels_with_gradi
     (grad,) = torch.autograd.grad((ss.asbp.flatten(2) * weights).sum(), feats)
     (grad_ref,) = torch.autograd.grad((asbp_ref * weights).sum(), feats)
     torch.testing.assert_close(grad, grad_ref)
+
+
+def test_excluded_pixels_act_exactly_as_the_old_ignore_coding():
+    """Supports with unlabelled (scribble) pixels coded EXCLUDED give SSP's outputs and loss bit for
+    bit as when they were coded 255, next to real void pixels; the loss does not reject 254."""
+    query, supports, masks = _episode(b=2, k=2, seed=12)  # masks hold void (255) pixels
+    masks[:, :, 4:, :] = EXCLUDED
+    old_coding = masks.masked_fill(masks == EXCLUDED, 255)
+    query_mask = torch.randint(0, 2, (2, 9, 9))
+    model = build_model("ssp")
+    new = _head(model, query, supports, masks, out_size=(9, 9))
+    old = _head(model, query, supports, old_coding, out_size=(9, 9))
+    assert new.keys() == old.keys()
+    for key in new:
+        assert torch.equal(new[key], old[key]), key
+    new_total, new_parts = model.loss(new, {"query_mask": query_mask, "support_masks": masks})
+    old_total, old_parts = model.loss(old, {"query_mask": query_mask, "support_masks": old_coding})
+    assert torch.equal(new_total, old_total) and new_parts == old_parts and "ssl_support_ce" in new_parts

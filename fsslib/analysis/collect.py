@@ -16,7 +16,9 @@ For each 1-way episode of a fold, with the model's own features at its matching 
 
 Pooling follows the model: ``model.config.pooling`` when it has one (PANet and ProtoNet
 upsample the features to the mask), else the mask resized to the features (SSP, PFENet), with
-the model's ``eps``. Masks are at the network input size, where the prediction is made.
+the model's ``eps``; so does the background, ``model.config.background`` when it has one (PANet
+and ProtoNet count void as background by default), else the pixels coded 0. Masks are at the
+network input size, where the prediction is made.
 
 Episodes come from the fold's novel classes (``classes="novel"``, the test episodes) or from its
 base classes (``"base"``), both drawn from the *validation* images: the two sets differ only in
@@ -149,7 +151,11 @@ def collect_prototypes(model: nn.Module, source, fold: int, episodes: int = 200,
     stage = matching_stage(model)
     pooling = getattr(model.config, "pooling", "resize_mask")
     eps = getattr(model.config, "eps", 1e-5)
+    rule = getattr(model.config, "background", "labelled")
     label = label or type(model).__name__
+
+    def background(mask: torch.Tensor) -> torch.Tensor:
+        return background_mask(mask, rule)
 
     vectors, rows = [], []
 
@@ -170,7 +176,7 @@ def collect_prototypes(model: nn.Module, source, fold: int, episodes: int = 200,
 
         fq, fs = query_feats[stage], support_feats[stage]
         flat_feats, flat_masks = fs.flatten(0, 1), support_masks.flatten(0, 1)
-        for region, select in (("fg", foreground_mask), ("bg", background_mask)):
+        for region, select in (("fg", foreground_mask), ("bg", background)):
             shots = masked_average_pooling(flat_feats, select(flat_masks), pooling, eps).unflatten(0, fs.shape[:2])
             add(start, "support", region, shots.mean(dim=1), select(support_masks).sum(dim=(1, 2, 3)))
             query_region = select(query_masks)
@@ -180,7 +186,7 @@ def collect_prototypes(model: nn.Module, source, fold: int, episodes: int = 200,
             continue
         output = model.head(query_feats, support_feats, support_masks, 1, (size, size))
         predicted = hard_labels(output["logits"])
-        for region, select in (("fg", foreground_mask), ("bg", background_mask)):
+        for region, select in (("fg", foreground_mask), ("bg", background)):
             pred_region = select(predicted)
             add(start, "query_pred", region, masked_average_pooling(fq, pred_region, pooling, eps),
                 pred_region.sum(dim=(1, 2)))

@@ -140,7 +140,8 @@ def evaluate_selection(method: str, fold: int, switches: dict[str, bool], profil
 
 
 def selection_model(selection: Selection, fold: int):
-    """The trained model of the selection (training seed 0), with its test-time switches applied."""
+    """The trained model of the selection (training seed 0), with its test-time switches applied,
+    on the device it was trained on (a GPU when there is one)."""
     trained = selection.variant
     if trained.trained_as:
         trained = next(v for t in tables() if t.key == selection.table for v in t.variants if v.name == trained.trained_as)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ..data.sources import EXCLUDED, IGNORE
 from ..data.transforms import denormalise
 
 IGNORE_RGB = np.array([1.0, 1.0, 1.0])
@@ -36,7 +37,8 @@ def save_figure(fig: plt.Figure, name: str, close: bool = False) -> Path:
 
 
 def overlay(image: torch.Tensor, mask: torch.Tensor, colours: Sequence = ("red", "deepskyblue", "lime")) -> np.ndarray:
-    """A normalised image ``[3, H, W]``: mask values 1..N tinted and outlined, 255 (ignore) white."""
+    """A normalised image ``[3, H, W]``: mask values 1..N tinted and outlined, 255 (void) and 254
+    (excluded: another way's class, or unlabelled in a weak support) white."""
     rgb = denormalise(image)
     mask = mask.cpu().numpy()
     for value, colour in enumerate(colours, start=1):
@@ -46,7 +48,7 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, colours: Sequence = ("red",
         inner[1:-1, 1:-1] = region[1:-1, 1:-1] & region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:]
         rgb = np.where(region[..., None], 0.5 * rgb + 0.5 * tint, rgb)
         rgb = np.where((region & ~inner)[..., None], tint, rgb)
-    return np.where((mask == 255)[..., None], IGNORE_RGB, rgb)
+    return np.where(np.isin(mask, (IGNORE, EXCLUDED))[..., None], IGNORE_RGB, rgb)
 
 
 def episode_grid(items: Sequence[dict], class_name: Callable[[int], str] = str, title: str | None = None) -> plt.Figure:

@@ -18,7 +18,7 @@ from .episodes import (Episode, EpisodeDataset, EpisodePool, collate_episodes, e
                        sample_episodes, save_episodes)
 from .folds import BENCHMARKS, base_classes, fold_classes, synthetic_class_name
 from .fss1000 import FSS1000Source
-from .sources import IGNORE, DatasetError, Pair, SegmentationSource, VOCLayoutSource, data_root
+from .sources import EXCLUDED, IGNORE, DatasetError, Pair, SegmentationSource, VOCLayoutSource, data_root
 from .synthetic import SyntheticConfig, SyntheticSource, generate
 from .transforms import denormalise, eval_transform, train_transform
 from .weak import WEAK_ANNOTATIONS, weak_annotation
@@ -65,7 +65,7 @@ def build_source(benchmark: str, root: str | os.PathLike | None = None) -> Segme
 
 
 __all__ = [
-    "BENCHMARKS", "DEFAULT_DIRS", "DEFAULT_SIZES", "IGNORE", "WEAK_ANNOTATIONS",
+    "BENCHMARKS", "DEFAULT_DIRS", "DEFAULT_SIZES", "EXCLUDED", "IGNORE", "WEAK_ANNOTATIONS",
     "COCOSource", "DatasetError", "Episode", "EpisodeDataset", "EpisodePool", "FSS1000Source", "Pair",
     "SegmentationSource", "SyntheticConfig", "SyntheticSource", "VOCLayoutSource",
     "base_classes", "build_source", "collate_episodes", "data_root", "dataset_dir", "denormalise", "episode_mask",

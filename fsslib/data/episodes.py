@@ -13,11 +13,29 @@ may serve as query and as support:
 
 The support never equals the query, and the ``K`` supports of a class are distinct.
 
-Masks are coded per episode, not per dataset: 1 = the episode's class (``n`` = its ``n``-th
-class in N-way queries), 0 = background, 255 = ignore. Background includes every other class,
-novel or base, as in PASCAL-5i. In N-way *supports*, pixels of the episode's other classes are
-255 (neither foreground nor background), so the background prototype never absorbs another
-target class (PANet, section 3.3).
+Masks are coded per episode, not per dataset:
+
+=====  ==============  ==================================================================
+code   name            meaning
+=====  ==============  ==================================================================
+1      (``n``)         the episode's class (``n`` = its ``n``-th class in N-way queries)
+0                      background: every other class, novel or base, as in PASCAL-5i
+255    ``IGNORE``      void: the dataset's ignore label (VOC's object borders, COCO's crowd
+                       regions) and pixels a transform invents (rotation corners, padding)
+254    ``EXCLUDED``    supports only: neither foreground nor background of this support
+=====  ==============  ==================================================================
+
+``EXCLUDED`` marks, in N-way supports, the pixels of the episode's other classes, so that no
+background prototype absorbs another target class (PANet, section 3.3); and, in weak supports
+(:mod:`fsslib.data.weak`), the pixels a scribble leaves unlabelled. Query masks never hold it.
+
+Void and excluded pixels are kept apart because methods disagree about void. Every method
+leaves excluded pixels out of both foreground and background, and SSP, PFENet, MSPF and MSDNet
+leave void out too: for them 254 means exactly what 255 means. The authors' code of PANet (Wang
+et al., "PANet: Few-Shot Image Semantic Segmentation with Prototype Alignment", ICCV 2019) pools
+void into the background prototype and labels it background in its alignment loss; PANet and
+ProtoNet (PANet without that loss) follow it by default (their ``background`` option), and
+telling void from another way's object is what the two codes are for.
 
 Test episodes are a fixed list from a seed (:func:`sample_episodes`) that can be saved and
 reloaded byte for byte (:func:`save_episodes`, :func:`load_episodes`); training episodes are
@@ -36,7 +54,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .folds import base_classes, fold_classes
-from .sources import IGNORE, LABEL_IGNORE, DatasetError, SegmentationSource
+from .sources import EXCLUDED, IGNORE, LABEL_IGNORE, DatasetError, SegmentationSource
 from .weak import WEAK_ANNOTATIONS, weak_annotation
 
 
@@ -141,15 +159,15 @@ def load_episodes(path: str | os.PathLike) -> list[Episode]:
 
 def episode_mask(label: torch.Tensor, classes: Sequence[int], exclude: Sequence[int] = ()) -> torch.Tensor:
     """Code a label map (dataset ids) for one episode: ``n+1`` for ``classes[n]``, 0 background,
-    255 ignore (the label's ``LABEL_IGNORE`` pixels, and pixels of ``exclude`` classes: N-way supports).
+    ``IGNORE`` (255) for the label's void (``LABEL_IGNORE``) pixels and ``EXCLUDED`` (254) for
+    pixels of the ``exclude`` classes (N-way supports: the episode's other classes).
     """
     mask = torch.zeros_like(label, dtype=torch.long)
     for n, c in enumerate(classes):
         mask[label == c] = n + 1
-    ignore = label == LABEL_IGNORE
     for c in exclude:
-        ignore |= label == c
-    mask[ignore] = IGNORE
+        mask[label == c] = EXCLUDED
+    mask[label == LABEL_IGNORE] = IGNORE
     return mask
 
 

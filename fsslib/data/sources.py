@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IGNORE = 255  # "ignore" in episode masks and in VOC-style label files
+IGNORE = 255  # "ignore" (void) in episode masks and in VOC-style label files
+# Support masks only: a pixel that is neither foreground nor background of this support (another
+# class of the episode, or a pixel a weak annotation leaves unlabelled); see episodes.py.
+EXCLUDED = 254
 LABEL_IGNORE = -1  # "ignore" in label maps returned by load()
 README_DATA = "README.md, section 'Datasets'"
 

@@ -5,11 +5,25 @@ PANet tests how far a model degrades when the support is annotated cheaply:
 - ``box``: the bounding box of one randomly chosen instance (connected component) of the
   class is foreground, everything outside it background;
 - ``scribble``: a few pixel-wide strokes inside the object (foreground) and inside the
-  background; every other pixel is unlabelled (255), so prototypes average the strokes only.
+  background; every other pixel is unlabelled, coded ``EXCLUDED`` (254), so prototypes average
+  the strokes only.
 
-Both take a coded support mask ``long [H, W]`` (1 / 0 / 255) and return one in the same coding.
-Pixels that were 255 in the dense mask and lie outside the box stay 255, so N-way exclusions of
-the episode's other classes survive.
+Both take a coded support mask ``long [H, W]`` (1 / 0 / ``IGNORE`` 255 void / ``EXCLUDED`` 254,
+see :mod:`fsslib.data.episodes`) and return one in the same coding. Outside the box, void stays
+void and ``EXCLUDED`` stays ``EXCLUDED``, so N-way exclusions of the episode's other classes
+survive. The box overwrites whatever lies inside it.
+
+What the authors' code does with weak supports (``test.py``, ``dataloaders/customized.py`` and
+``util/utils.py`` of PANet's public code), and how the choice of background carries over:
+
+- scribbles: the foreground is the class's strokes, the background the strokes drawn on the
+  background; every other pixel, void included, is in neither. Unlabelled pixels are therefore
+  ``EXCLUDED``, not void, and no background rule of :mod:`fsslib.models.panet` uses them.
+- boxes: the foreground is the box of the largest instance; the background is every pixel
+  outside the boxes of all the class's instances, void included. Here void outside the box stays
+  void, so under PANet's default rule it is background there too. Two differences remain, shared
+  by every method: the box is drawn around a random instance rather than the largest, and the
+  class's other instances outside it are background rather than in neither.
 """
 from __future__ import annotations
 
@@ -17,7 +31,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .sources import IGNORE
+from .sources import EXCLUDED
 
 WEAK_ANNOTATIONS = ("dense", "scribble", "box")
 
@@ -63,7 +77,7 @@ def scribble_annotation(mask: torch.Tensor, rng: np.random.Generator, strokes: i
     m = mask.cpu().numpy()
     size = max(m.shape)
     width = max(1, size // 64)
-    out = np.full(m.shape, IGNORE, dtype=np.int64)
+    out = np.full(m.shape, EXCLUDED, dtype=np.int64)  # unlabelled: neither foreground nor background
     for value in (1, 0):
         region = m == value
         inner = ndimage.binary_erosion(region, iterations=max(1, size // 64))

@@ -49,7 +49,7 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,
                   stop_after: int | None = None, source=None) -> FewShotSegmenter:
-    """Train (or resume, or load when finished) a few-shot method; returns the model."""
+    """Train (or resume, or load when finished) a few-shot method; returns the model on the training device."""
     if config.task != "episodic":
         raise ValueError(f"train_fewshot trains task='episodic' configs, got task={config.task!r}")
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)

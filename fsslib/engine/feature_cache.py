@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 from ..data import EpisodePool, eval_transform
 from ..data.episodes import Episode, episode_mask
 
-#: Features larger than this (bytes) go to memory-mapped files instead of RAM.
+#: Features larger than this (bytes) go to memory-mapped files instead of memory on the device
+#: (GPU memory when the model runs on a GPU).
 DEFAULT_MEMORY_BUDGET = int(os.environ.get("FSSLIB_CACHE_BUDGET_GB", "8")) * 2**30
 
 
@@ -68,8 +69,9 @@ class FeatureCache:
     Args:
         store: directory of persistent caches (e.g. ``runs/feature-cache``); ``None`` keeps the
             features for this object's lifetime only.
-        memory_budget: bytes of features kept in RAM; beyond it they are memory-mapped from disk
-            (in ``store`` if given, else in a temporary directory removed with the object).
+        memory_budget: bytes of features kept in memory on ``device`` (GPU memory on a GPU); beyond
+            it they are memory-mapped from disk (in ``store`` if given, else in a temporary
+            directory removed with the object).
     """
 
     def __init__(self, model: nn.Module, source, stems, size: int, device: torch.device,

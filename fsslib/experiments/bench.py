@@ -82,8 +82,10 @@ def _macs(fn) -> int:
 
 
 def _sync() -> None:
+    """Wait for queued kernels on every GPU (``synchronize()`` alone waits for the current one only)."""
     if torch.cuda.is_available():
-        torch.cuda.synchronize()
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def _episode(size: int, shot: int, device) -> dict:
@@ -160,7 +162,7 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
 
     device = default_device(device)
     tv_resnet = torchvision.models.resnet50(weights=None).to(device).eval()
-    tv_image = torch.randn(1, 3, 473, 473, device=device)
+    tv_image = torch.randn(1, 3, 473, 473).to(device)  # drawn on the CPU: the same images on every device
     tv_macs = _macs(lambda: tv_resnet(tv_image))
     rows = []
     for method in methods:
@@ -168,7 +170,7 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
         method_size = size or method_size
         torch.manual_seed(0)
         model = build_model(method, backbone=backbone, weights=None).to(device).eval()
-        image = torch.randn(1, 3, method_size, method_size, device=device)
+        image = torch.randn(1, 3, method_size, method_size).to(device)
         last_stage = model.backbone.stage_names[-1]
         timed = {"torchvision": lambda: tv_resnet(tv_image),
                  "backbone": lambda: model.backbone(image, upto=last_stage),
@@ -237,7 +239,7 @@ def _train_step(method: str, device: str, steps: int) -> tuple:
             query_feats, support_feats = model.episode_features(batch)
         batch = {**batch, "query_feats": query_feats, "support_feats": support_feats}
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
     def step():
         output = model(batch)
@@ -247,7 +249,7 @@ def _train_step(method: str, device: str, steps: int) -> tuple:
         optimizer.step()
 
     seconds = _best_time(step, steps)
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _peak_resident_bytes()
+    peak = torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else _peak_resident_bytes()
     return seconds, peak, cached, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

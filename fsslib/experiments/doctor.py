@@ -126,8 +126,9 @@ def train_once(config, source, folder: Path) -> str:
 
 
 def run_checks(device: str | torch.device | None = None, methods: tuple[str, ...] | None = None,
-               report: Callable[[str], None] = print) -> list[Check]:
-    """Every check of the module docstring on ``device``; each line is reported as it finishes."""
+               compile_check: bool = True, report: Callable[[str], None] = print) -> list[Check]:
+    """Every check of the module docstring on ``device``; each line is reported as it finishes.
+    ``methods``: a subset of the methods; ``compile_check=False`` leaves out ``torch.compile``."""
     from ..data import SyntheticConfig, prepare_synthetic
     from .configs import EXPERIMENTS
 
@@ -165,7 +166,8 @@ def run_checks(device: str | torch.device | None = None, methods: tuple[str, ...
                   lambda: train_once(tiny_config("pfenet", device, amp=True), source, folder / "amp"))
         else:
             check("mixed precision", None, "the trainer uses autocast on CUDA only")
-        check("torch.compile (inductor), protonet",
-              lambda: train_once(tiny_config("protonet", device, compile="inductor", steps=2), source,
-                                 folder / "compile"))
+        if compile_check:
+            check("torch.compile (inductor), protonet",
+                  lambda: train_once(tiny_config("protonet", device, compile="inductor", steps=2), source,
+                                     folder / "compile"))
     return checks

@@ -24,7 +24,7 @@ import torch
 from ..analysis.plotting import overlay, save_figure
 from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
 from ..engine.protocol import interval95, with_interval
-from ..engine.trainer import read_log
+from ..engine.trainer import read_log, to_device
 from ..models import build_model
 from ..reference import published
 from .ablation import (ablation_table, format_ablation, per_training_seed, run_ablation, train_config, train_variant,
@@ -117,16 +117,28 @@ def _test_size(profile) -> int:
     return protocol_of(profile).size(profile.benchmark)
 
 
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.inference_mode()
 def ms_per_episode(model, pool: EpisodePool, size: int, repeats: int = 5) -> float:
-    """Median wall time of one 1-shot episode (backbone included), on this machine."""
+    """Median wall time of one 1-shot episode (backbone included) on the model's device."""
+    device = _model_device(model)
     batch = collate_episodes([EpisodeDataset(pool, eval_transform(size), episodes=sample_episodes(pool, 1, shot=1))[0]])
+    batch = to_device(batch, device)
     model = model.eval()
-    model(batch)
+
+    def episode():
+        model(batch)
+        if device.type == "cuda":  # kernels run asynchronously: wait for them
+            torch.cuda.synchronize(device)
+
+    episode()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(batch)
+        episode()
         times.append(time.perf_counter() - start)
     return 1000 * sorted(times)[len(times) // 2]
 
@@ -237,7 +249,7 @@ def qualitative(table, profile, source, n: int = 4) -> Path:
     predictions = {}
     for variant in table.variants:
         model = _trained(variant, profile, source).eval()
-        predictions[variant.name] = model.predict(model(batch))
+        predictions[variant.name] = model.predict(model(to_device(batch, _model_device(model)))).cpu()
     columns = 2 + len(predictions)
     fig, axes = plt.subplots(n, columns, figsize=(1.9 * columns, 1.9 * n), squeeze=False)
     for i, row in enumerate(axes):

@@ -3,6 +3,7 @@
 from fsslib.models.backbones import BACKBONE_NAMES, Backbone, build_backbone
 from fsslib.models.base import FewShotSegmenter, ModelConfig
 from fsslib.models.ops import (
+    EXCLUDED,
     IGNORE_INDEX,
     background_mask,
     cosine_logits,
@@ -23,6 +24,7 @@ __all__ = [
     "ProtoNetConfig",
     "build_model",
     "config_fields",
+    "EXCLUDED",
     "IGNORE_INDEX",
     "Backbone",
     "background_mask",

@@ -12,7 +12,9 @@ Shapes (B episodes, S = N*K supports, way-major; h x w = feature size; H x W = i
 
 - ``query_feats[stage]``: ``[B, C, h, w]``
 - ``support_feats[stage]``: ``[B, S, C, h, w]``
-- ``support_masks``: long ``[B, S, H, W]`` (1 = the support's class, 0 = background, 255 = ignore)
+- ``support_masks``: long ``[B, S, H, W]`` (1 = the support's class, 0 = background, 255 = void,
+  254 = excluded: another class of the episode, or unlabelled in a weak support; see
+  :mod:`fsslib.data.episodes`)
 - output ``"logits"``: ``[B, 1 + N, H, W]`` (background, then one channel per way)
 """
 from __future__ import annotations

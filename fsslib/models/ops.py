@@ -1,9 +1,12 @@
 """Tensor operations shared by the few-shot methods.
 
-Label maps follow the episode contract: 1 = target class, 0 = background, 255 = ignore
-(N-way: 1..N for the ways). Functions that take a mask expect a *binary* one, built by the caller
-with :func:`foreground_mask` / :func:`background_mask` (or ``mask == 1``), so that each method
-decides what 255 means for it; where a raw label map slips through, 255 counts as 0 (excluded).
+Label maps follow the episode contract (:mod:`fsslib.data.episodes`): 1 = target class,
+0 = background, 255 = void (``IGNORE_INDEX``), and in support masks 254 = ``EXCLUDED`` (another
+class of the episode, or unlabelled in a weak support: neither foreground nor background); N-way
+queries use 1..N for the ways. Functions that take a mask expect a *binary* one, built by the
+caller with :func:`foreground_mask` / :func:`background_mask` (or ``mask == 1``), so that each
+method decides what 255 means for it; where a raw label map slips through, 255 and 254 count as
+0 (left out).
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "BACKGROUND_RULES",
     "COSINE_EPS",
+    "EXCLUDED",
     "IGNORE_INDEX",
     "background_mask",
     "clamped_norm",
     "cosine_logits",
+    "excluded_as_ignore",
     "foreground_mask",
     "gather_cells",
     "hard_labels",
@@ -33,23 +39,50 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255
+#: Support masks: neither foreground nor background (``fsslib.data.EXCLUDED``).
+EXCLUDED = 254
+#: What :func:`background_mask` may count as background; see there.
+BACKGROUND_RULES = ("labelled", "not_foreground")
 
 _MAP_MODES = ("resize_mask", "upsample_features")
 
 
 def foreground_mask(mask: Tensor, label: int = 1) -> Tensor:
-    """``(mask == label)`` as float; 255 (ignore) is in neither foreground nor background.
+    """``(mask == label)`` as float; 255 (void) and 254 (excluded) are never foreground.
 
     Args:
-        mask: label map ``[..., H, W]`` (1 / 0 / 255, or 0..N for N-way episodes).
+        mask: label map ``[..., H, W]`` (1 / 0 / 255 / 254, or 0..N for N-way episodes).
         label: the label that counts as foreground; way ``n`` of an N-way episode is ``n``.
     """
     return (mask == label).float()
 
 
-def background_mask(mask: Tensor) -> Tensor:
-    """``(mask == 0)`` as float; 255 (ignore) is in neither foreground nor background."""
-    return (mask == 0).float()
+def background_mask(mask: Tensor, rule: str = "labelled") -> Tensor:
+    """The background of a label map as a float mask, by one of two rules.
+
+    - ``"labelled"``: the pixels coded 0 only; void (255) is in neither foreground nor
+      background. SSP, PFENet, MSPF and MSDNet use this rule.
+    - ``"not_foreground"``: every pixel that is neither the class nor another class of the
+      episode, i.e. coded 0 or 255: void counts as background. The rule of PANet's public code
+      (its support masks take every pixel outside the episode's classes as background).
+
+    Excluded pixels (254) are background under neither rule.
+
+    Args:
+        mask: label map ``[..., H, W]`` (1 / 0 / 255 / 254).
+        rule: one of :data:`BACKGROUND_RULES`.
+    """
+    if rule == "labelled":
+        return (mask == 0).float()
+    if rule == "not_foreground":
+        return ((mask == 0) | (mask == IGNORE_INDEX)).float()
+    raise ValueError(f"background rule must be one of {BACKGROUND_RULES}, got {rule!r}")
+
+
+def excluded_as_ignore(mask: Tensor) -> Tensor:
+    """``mask`` with excluded pixels (254) recoded as void (255), e.g. for a loss target whose
+    cross-entropy ignores both (``ignore_index=IGNORE_INDEX`` alone would reject 254 as a class)."""
+    return mask.masked_fill(mask == EXCLUDED, IGNORE_INDEX)
 
 
 def resize_to(
@@ -93,12 +126,12 @@ def resize_to(
 def mask_to_feature_size(mask: Tensor, size: Sequence[int], align_corners: bool = True) -> Tensor:
     """Soft mask at feature resolution: binary mask resized bilinearly to ``size``.
 
-    ``m' = bilinear(m)`` with ``m`` the binary mask (255 -> 0), so boundary cells get fractional
+    ``m' = bilinear(m)`` with ``m`` the binary mask (255, 254 -> 0), so boundary cells get fractional
     weights in [0, 1]. This is how PFENet and SSP bring a support mask to the feature map, both
     for masked average pooling and for masking features (``features * m'``).
 
     Args:
-        mask: binary mask ``[B, H, W]`` (float, bool or integer; 255 counts as 0).
+        mask: binary mask ``[B, H, W]`` (float, bool or integer; 255 and 254 count as 0).
         size: feature size ``(h, w)``.
 
     Returns:
@@ -135,7 +168,7 @@ def masked_average_pooling(
         features: ``[B, C, h, w]`` (flatten shots into the batch: ``[B*K, C, h, w]``).
         mask: binary ``[B, H, W]``, 1 = pixels to pool (float, bool or integer). Pass
             ``foreground_mask(labels)`` / ``background_mask(labels)`` rather than raw labels;
-            a 255 that remains counts as 0. An all-zero mask gives a zero prototype.
+            a 255 or 254 that remains counts as 0. An all-zero mask gives a zero prototype.
         mode: ``"resize_mask"`` or ``"upsample_features"``.
         eps: added to the mask area. SSP and PANet use 1e-5; PFENet uses 5e-4.
         align_corners: for the bilinear resize; None picks each convention's own choice: True
@@ -299,5 +332,5 @@ def resize_by_matrices(x: Tensor, size: Sequence[int], align_corners: bool = Tru
 
 
 def _binary_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """The mask as ``dtype`` weights with ignore pixels (255) set to 0."""
-    return mask.to(dtype).masked_fill(mask == IGNORE_INDEX, 0)
+    """The mask as ``dtype`` weights with void (255) and excluded (254) pixels set to 0."""
+    return mask.to(dtype).masked_fill((mask == IGNORE_INDEX) | (mask == EXCLUDED), 0)

@@ -11,9 +11,10 @@ pooling of the supports (features bilinearly upsampled to the mask size, ``epsil
     \\tilde M_q(j, x, y) = \\operatorname{softmax}_j\\big(\\alpha \\cos(F_q(x,y), p_j)\\big),
     \\quad j \\in \\{bg, 1, \\dots, N\\}, \\quad \\alpha = 20,
 
-computed at feature resolution ``h x w`` and bilinearly upsampled to the input size. In N-way
-supports, pixels of the episode's other classes are 255 in the data, so they are in neither the
-foreground nor the background of that support.
+computed at feature resolution ``h x w`` and bilinearly upsampled to the input size. The
+background of a support is chosen by ``background`` (below); in N-way supports, pixels of the
+episode's other classes are coded 254 (``EXCLUDED``) in the data and are in neither the foreground
+nor the background of that support, whatever the rule.
 
 **PAR** (section 3.5, training only) segments the supports in the reverse direction, with the
 query and its own prediction as the support set. With ``\\hat y(x,y) = \\arg\\max_j \\tilde M_q(j,x,y)``
@@ -32,11 +33,21 @@ taken at feature resolution,
     \\mathcal L = \\operatorname{CE}(\\tilde M_q, M_q) + \\lambda\\, \\mathcal L_{par}, \\quad \\lambda = 1
 
 where ``up`` is bilinear upsampling to the mask size, CE ignores 255 and averages over each
-support's labelled pixels, and ``M_{n,k}`` is the support label as the data gives it (1 = way n's
-class, 0 = background, 255 = ignore: other ways' classes, boundaries, unannotated pixels).
+support's labelled pixels, and ``M_{n,k}`` is PANet's label of the support (:func:`par_targets`):
+1 = way n's class, 0 = the support's background under the ``background`` rule (the pixels its
+background prototype pools), 255 = everything else (other ways' classes and unlabelled pixels of
+weak supports under both rules; void as well under ``"labelled"``).
 
 Choices that follow the authors' code (``models/fewshot.py``, ``alignLoss``):
 
+- Background (``background``, shared with ProtoNet). ``"not_foreground"``, the default, is the
+  rule of the authors' data loader (``getMask`` in ``dataloaders/customized.py``): every support
+  pixel that is neither the support's class nor another class of the episode is background,
+  void (255: object borders, crowd regions) included, both in ``p_bg`` and in PAR's label,
+  which the authors build from the same masks (0 where the background mask is 1). The
+  alternative ``"labelled"`` takes only the pixels coded 0, leaving void out of both, as SSP and
+  PFENet do. The rule changes ``p_bg`` wherever a support has void pixels, so it belongs to a
+  trained model's configuration: evaluate a PANet with the rule it was trained with.
 - The query mask is the hard argmax of the feature-resolution prediction, so no gradient flows
   through the mask; gradients do flow through the query features pooled into ``\\hat p_j`` and
   through the support features ``F_{n,k}``. Nothing is detached.
@@ -77,10 +88,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import IGNORE_INDEX, cosine_logits, hard_labels, masked_average_pooling, resize_to
+from .ops import (IGNORE_INDEX, background_mask, cosine_logits, foreground_mask, hard_labels, masked_average_pooling,
+                  resize_to)
 from .protonet import ProtoNet, ProtoNetConfig
 
-__all__ = ["PANet", "PANetConfig", "REAL_DATA_RECIPE", "par_loss", "prototype_alignment"]
+__all__ = ["PANet", "PANetConfig", "REAL_DATA_RECIPE", "par_loss", "par_targets", "prototype_alignment"]
 
 #: The paper's training recipe (section 4.1), used for PANet and for ProtoNet (PANet without PAR):
 #: VGG-16 from ImageNet, trained end to end by SGD (momentum 0.9, weight decay 5e-4), 30,000
@@ -135,18 +147,33 @@ def prototype_alignment(query_feats: Tensor, query_logits: Tensor, support_feats
     return {"support_logits": support_logits, "query_prototypes": query_prototypes, "par_valid": par_valid}
 
 
-def par_loss(support_logits: Tensor, support_masks: Tensor, par_valid: Tensor) -> Tensor:
+def par_targets(support_masks: Tensor, background: str = "not_foreground") -> Tensor:
+    """PAR's label of every support pixel: 1 = the support's class, 0 = its background under the
+    rule ``background`` (:func:`~fsslib.models.ops.background_mask`), 255 (ignored) elsewhere.
+
+    Built the way the authors build it: start from "ignore", then mark the background mask 0 and
+    the foreground mask 1, so the loss sees exactly the pixels the prototypes were pooled from.
+    """
+    target = torch.full_like(support_masks, IGNORE_INDEX)
+    target = target.masked_fill(background_mask(support_masks, background).bool(), 0)
+    return target.masked_fill(foreground_mask(support_masks).bool(), 1)
+
+
+def par_loss(support_logits: Tensor, support_masks: Tensor, par_valid: Tensor,
+             background: str = "not_foreground") -> Tensor:
     """``L_par``: per-support cross-entropy (255 ignored), skipped ways masked, mean over ``B*N*K``.
 
     Args:
         support_logits: ``[B, N*K, 2, H, W]`` from :func:`prototype_alignment`.
-        support_masks: long ``[B, N*K, H, W]`` (1 / 0 / 255).
+        support_masks: long ``[B, N*K, H, W]`` as the data codes them (1 / 0 / 255 / 254).
         par_valid: bool ``[B, N]``; terms of ways with ``False`` are 0 but still counted.
+        background: the rule that made the background prototype (see :func:`par_targets`).
     """
     b, s = support_masks.shape[:2]
-    pixel_ce = F.cross_entropy(support_logits.flatten(0, 1), support_masks.flatten(0, 1),
+    targets = par_targets(support_masks, background).flatten(0, 1)
+    pixel_ce = F.cross_entropy(support_logits.flatten(0, 1), targets,
                                ignore_index=IGNORE_INDEX, reduction="none")  # [B*S, H, W], 0 where ignored
-    labelled = (support_masks != IGNORE_INDEX).flatten(0, 1).sum(dim=(1, 2))
+    labelled = (targets != IGNORE_INDEX).sum(dim=(1, 2))
     per_support = (pixel_ce.sum(dim=(1, 2)) / labelled.clamp(min=1)).view(b, s)
     valid = par_valid.repeat_interleave(s // par_valid.shape[1], dim=1)  # [B, N] -> [B, N*K]
     return torch.where(valid, per_support, torch.zeros_like(per_support)).sum() / (b * s)
@@ -172,7 +199,8 @@ class PANet(ProtoNet):
         """``CE(query) + par_weight * L_par``; PAR only where the head computed it (training)."""
         total, parts = super().loss(output, batch)
         if "support_logits" in output:
-            par = par_loss(output["support_logits"], batch["support_masks"], output["par_valid"])
+            par = par_loss(output["support_logits"], batch["support_masks"], output["par_valid"],
+                           self.config.background)
             total = total + self.config.par_weight * par
             parts["par"] = par.item()
         return total, parts

@@ -224,7 +224,7 @@ def multi_scale_mean_cosine_priors(query: Tensor, support: Tensor, support_masks
         support: ``[B, K, C, h', w']``, layer4 of the masked layer3 features, *not yet* masked
             again (this function applies :math:`m^{1}`).
         support_masks: binary support masks ``[B, K, H, W]`` at any resolution (1 = object;
-            255 counts as 0).
+            255 and 254 count as 0).
         sizes: ``(h_i, w_i)`` of every scale, finest first (MSPF: the fusion module's bins).
         connect: filter the query features with the previous prior before pooling (eq. 5).
         support_resize: how mask and support features reach each scale: ``"bilinear"`` (aligned

@@ -11,15 +11,25 @@ For an episode with supports ``I_{n,k}`` (way n, shot k), features ``F_{n,k}`` a
     p_n = \\frac{1}{K} \\sum_k \\frac{\\sum_{x,y} F_{n,k}(x,y)\\, [M_{n,k}(x,y)=1]}
                                     {\\sum_{x,y} [M_{n,k}(x,y)=1] + \\epsilon}
 
-    p_{bg} = \\frac{1}{NK} \\sum_{n,k} \\frac{\\sum_{x,y} F_{n,k}(x,y)\\, [M_{n,k}(x,y)=0]}
-                                          {\\sum_{x,y} [M_{n,k}(x,y)=0] + \\epsilon}
+    p_{bg} = \\frac{1}{NK} \\sum_{n,k} \\frac{\\sum_{x,y} F_{n,k}(x,y)\\, B_{n,k}(x,y)}
+                                          {\\sum_{x,y} B_{n,k}(x,y) + \\epsilon}
 
     \\tilde M_q(j, x, y) = \\operatorname{softmax}_j\\big(\\alpha \\cos(F_q(x,y), p_j)\\big),
     \\quad j \\in \\{bg, 1..N\\}
 
 with features upsampled to the mask size (PANet's convention), ``epsilon = 1e-5``, ``alpha = 20``.
-The loss is the cross-entropy of the query prediction with 255 ignored. Shapes as in
-:mod:`fsslib.models.base`; the prototypes are ``[B, 1 + N, C]``.
+``B_{n,k}`` is the support's background, chosen by ``background`` (see
+:func:`~fsslib.models.ops.background_mask`):
+
+- ``"not_foreground"`` (default; PANet's public code, ``getMask`` in
+  ``dataloaders/customized.py``): ``B = [M \\in \\{0, 255\\}]``, every pixel that is neither
+  the support's class nor another class of the episode, void included;
+- ``"labelled"``: ``B = [M = 0]``, void left out, as SSP and PFENet pool their background.
+
+Under both, pixels coded 254 (the episode's other classes in N-way supports, unlabelled pixels of
+a scribble) are in neither ``p_n`` nor ``p_bg``. The loss is the cross-entropy of the query
+prediction with 255 ignored. Shapes as in :mod:`fsslib.models.base`; the prototypes are
+``[B, 1 + N, C]``.
 """
 from __future__ import annotations
 
@@ -41,15 +51,22 @@ class ProtoNetConfig(ModelConfig):
     #: "upsample_features" (PANet) or "resize_mask" (SSP, PFENet); see ops.masked_average_pooling.
     pooling: str = "upsample_features"
     eps: float = 1e-5
+    #: Which support pixels are background: "not_foreground" (the authors' code: every pixel that
+    #: is neither the class nor another episode class, void included) or "labelled" (only pixels
+    #: coded 0). PANet's alignment loss labels its support pixels by the same rule.
+    background: str = "not_foreground"
 
 
 def episode_prototypes(support_feats: Tensor, support_masks: Tensor, way: int, pooling: str,
-                       eps: float) -> Tensor:
-    """Background and per-way foreground prototypes ``[B, 1 + N, C]`` of ``[B, N*K, C, h, w]`` supports."""
+                       eps: float, background: str = "not_foreground") -> Tensor:
+    """Background and per-way foreground prototypes ``[B, 1 + N, C]`` of ``[B, N*K, C, h, w]`` supports.
+
+    ``background`` is the rule of :func:`~fsslib.models.ops.background_mask`.
+    """
     b, s = support_feats.shape[:2]
     feats, masks = support_feats.flatten(0, 1), support_masks.flatten(0, 1)
     fg = masked_average_pooling(feats, foreground_mask(masks), pooling, eps).view(b, way, s // way, -1)
-    bg = masked_average_pooling(feats, background_mask(masks), pooling, eps).view(b, s, -1)
+    bg = masked_average_pooling(feats, background_mask(masks, background), pooling, eps).view(b, s, -1)
     return torch.cat([bg.mean(dim=1, keepdim=True), fg.mean(dim=2)], dim=1)
 
 
@@ -63,6 +80,6 @@ class ProtoNet(FewShotSegmenter):
     def head(self, query_feats, support_feats, support_masks, way, out_size):
         stage = self.config.feature_stage
         prototypes = episode_prototypes(support_feats[stage], support_masks, way, self.config.pooling,
-                                        self.config.eps)
+                                        self.config.eps, self.config.background)
         logits = cosine_logits(query_feats[stage], prototypes, self.config.scale)
         return {"logits": resize_to(logits, out_size, "bilinear", align_corners=False), "prototypes": prototypes}

@@ -19,8 +19,8 @@ where a prototype is either one vector ``[C]`` or one vector per pixel ``[C, h, 
 
 **Support prototypes.** Masked average pooling with the mask bilinearly resized to the feature
 size (``align_corners=True``), ``epsilon = 1e-5``; foreground ``M = 1``, background ``M = 0``
-(255 in neither); K shots: the mean of the per-shot prototypes ``FP``, ``BP``. The plain
-prototype prediction is ``out0 = match(FP, BP)``.
+(void 255 and excluded 254 in neither); K shots: the mean of the per-shot prototypes ``FP``,
+``BP``. The plain prototype prediction is ``out0 = match(FP, BP)``.
 
 **Self-support module (SSM)**, at feature resolution, from logits ``out``:
 ``p = softmax(out)`` over the two channels and
@@ -109,8 +109,8 @@ With ``use_ssfp = use_ssbp = use_asbp = False`` every prototype equals the suppo
 output is the plain prototype baseline (``out0``, with or without refinement, since
 ``0.7 out0 + 0.3 out0 = out0``) and, with the SSL terms off too, so is the loss.
 :class:`~fsslib.models.protonet.ProtoNet` with ``feature_stage="layer3"``, ``scale=10``,
-``pooling="resize_mask"`` computes the same feature-resolution logits (it upsamples with
-``align_corners=False``, so compare at feature resolution).
+``pooling="resize_mask"``, ``background="labelled"`` computes the same feature-resolution logits
+(it upsamples with ``align_corners=False``, so compare at feature resolution).
 
 **Backbone** (the authors' training recipe, the defaults here): stages ``layer1`` (for ResNets:
 stem + layer1, the authors' layer0-layer1) frozen, every BatchNorm frozen (running statistics and
@@ -147,7 +147,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FewShotSegmenter, ModelConfig
-from .ops import (IGNORE_INDEX, background_mask, cosine_logits, foreground_mask, gather_cells,
+from .ops import (IGNORE_INDEX, background_mask, cosine_logits, excluded_as_ignore, foreground_mask, gather_cells,
                   masked_average_pooling, resize_to, unit_vectors, weighted_cell_sum)
 
 #: The authors' training recipe (``main.py`` of fanq15/SSP): ResNet-50 from ImageNet with the stem,
@@ -221,7 +221,7 @@ def support_prototypes(support_feats: Tensor, support_masks: Tensor, eps: float 
 
     Args:
         support_feats: ``[B, K, C, h, w]``.
-        support_masks: long ``[B, K, H, W]`` (1 foreground, 0 background, 255 in neither).
+        support_masks: long ``[B, K, H, W]`` (1 foreground, 0 background, 255 and 254 in neither).
 
     Returns:
         ``(fg, bg)``, each ``[B, K, C]``; the K-shot prototypes are their means over ``K``.
@@ -366,7 +366,7 @@ def self_matching_logits(features: Tensor, mask: Tensor, scale: float = 10.0, ep
 
     Args:
         features: ``[N, C, h, w]``.
-        mask: long ``[N, H, W]`` (1 / 0 / 255).
+        mask: long ``[N, H, W]`` (1 / 0 / 255, and 254 in support masks).
 
     Returns:
         ``[N, 2, H, W]``, upsampled to the mask size (bilinear, ``align_corners=True``).
@@ -497,7 +497,7 @@ class SSP(FewShotSegmenter):
         if cfg.ssl_support:
             masks = batch["support_masks"].flatten(0, 1)
             logits = self_matching_logits(output["support_features"].flatten(0, 1), masks, cfg.scale, cfg.eps)
-            term = ce(logits, masks)
+            term = ce(logits, excluded_as_ignore(masks))  # excluded pixels (254) are ignored like void
             total = total + cfg.ssl_support_weight * term
             parts["ssl_support_ce"] = term.item()
         return total, parts
