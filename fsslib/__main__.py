@@ -152,9 +152,15 @@ def command_bench(args) -> None:
 def command_collapse(args) -> None:
     from .experiments.collapse import collapse_table, format_collapse_table, run_study
 
+    from .experiments.ablation import results_dir
+
     seeds = tuple(int(s) for s in args.seeds.split(","))
     table = format_collapse_table(collapse_table(run_study(seeds, jobs=args.jobs, episodes=args.episodes)))
+    path = results_dir("collapse") / "table.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
     print(table)
+    print(f"wrote {path}")
 
 
 def command_doctor(args) -> int:

@@ -223,10 +223,10 @@ def _train_step_worker(method: str, device: str, steps: int, queue) -> None:
 
 def _train_step(method: str, device: str, steps: int) -> tuple:
     from ..engine.trainer import build_optimizer, to_device
-    from .configs import SYNTHETIC_BACKBONE, METHOD_BACKBONE, METHOD_TRAINING
+    from .configs import METHOD_TRAINING, synthetic_model_args
 
     torch.manual_seed(0)
-    model = build_model(method, **{**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(method, {})}).to(device)
+    model = build_model(method, **synthetic_model_args(method)).to(device)
     training = METHOD_TRAINING.get(method, {})
     if training.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)

@@ -30,8 +30,10 @@ COLLAPSED = 5.0
 #: The heads that collapsed in the default profile: PFENet, the full MSPF, and MSPF's
 #: "multi-scale prior + ASPP" row (dropout 0.5 on every ASPP branch; 0 mIoU on all three seeds).
 HEADS = (PFENET, MSPF_FULL, MSPF_TABLE3[2])
-#: ``{name: (model_args, train_args)}``. Warm-up: the first 10% of the 150 steps. The shortcut
+#: ``{name: (model_args, train_args)}``, each on top of the authors' head (:data:`AUTHORS_HEAD`,
+#: whatever the synthetic recipe turns on). Warm-up: the first 10% of the 150 steps. The shortcut
 #: starts at a = 3, so that a prior of 1 gives the foreground logit a lead of 1.5 (82%).
+AUTHORS_HEAD = {"prior_shortcut": None, "foreground_weight": 1.0}
 CANDIDATES = {
     "authors' head": ({}, {}),
     "warm-up": ({}, {"warmup_steps": 15}),
@@ -47,7 +49,7 @@ def candidate_variants(candidates: dict | None = None) -> list[Variant]:
     variants = [PROTONET]
     for head in HEADS:
         for name, (model_args, train_args) in (candidates or CANDIDATES).items():
-            args = dict(model_args)
+            args = {**AUTHORS_HEAD, **model_args}
             if head.model == "mspf" and "projection_dropout" in args:
                 args["aspp_dropout"] = args["projection_dropout"]  # the ASPP's dropout is the same 0.5
             variants.append(replace(head, name=f"{head.name} | {name}",

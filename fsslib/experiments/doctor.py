@@ -74,12 +74,12 @@ def _temporary_runs(folder: Path):
 
 
 def tiny_config(method: str, device: torch.device, cached: bool = False, **overrides):
-    """The synthetic recipe's backbone settings for ``method`` (random small CNN), a narrow head, 4 steps."""
+    """The synthetic recipe's model settings for ``method`` (random small CNN), a narrow head, 4 steps."""
     from ..engine.trainer import TrainConfig
     from ..models.registry import config_fields
-    from .configs import METHOD_BACKBONE, SYNTHETIC_BACKBONE
+    from .configs import synthetic_model_args
 
-    model_args = {**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(method, {}), "weights": None}
+    model_args = {**synthetic_model_args(method), "weights": None}
     if "width" in config_fields(method):
         model_args["width"] = 16
     if cached:
