@@ -56,12 +56,7 @@ def on_device(value):
     return value.as_subclass(OnDevice) if isinstance(value, torch.Tensor) else value
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture
