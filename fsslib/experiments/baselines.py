@@ -1,4 +1,4 @@
-"""The core issue's reference table: the trained prototype baseline against what it must beat.
+"""The reference table: the trained prototype baseline against what it must beat.
 
 Rows, all on one protocol (identical episodes):
 

@@ -156,8 +156,8 @@ Choices where the sources were silent or ambiguous
        bilinearly; the authors resize :math:`P` and threshold it. Since the logit is monotone but
        not linear, the two can disagree on a few boundary pixels; resize ``"probability"`` for
        the authors' exact decision.
-    8. Pixels labelled 255 are left out of the Dice sums (the issue's rule); the authors' data
-       loader turns them into background before the loss.
+    8. Pixels labelled 255 are left out of the Dice sums, as every other method's loss ignores
+       them; the authors' data loader turns them into background before the loss.
 
 Shapes as in :mod:`fsslib.models.base`. Output: ``"logits"`` ``[B, 2, H, W]``, ``"probability"``
 ``[B, 1, H, W]``, ``"score"`` ``[B, 1, 4h, 4w]``, ``"token"`` ``[B, W]``, ``"std_attention"``

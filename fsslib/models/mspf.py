@@ -1,7 +1,7 @@
 r"""MSPF: multi-scale prior masks and weighted adaptive multi-scale feature fusion.
 
-The seed paper (``/work/shared/seeds/000_*``): "Few-shot semantic segmentation based on
-multi-scale prior information fusion" (in Chinese, English abstract). It builds on PFENet
+The paper: "Few-shot semantic segmentation based on multi-scale prior information fusion" (in
+Chinese, English abstract). It builds on PFENet
 (:mod:`fsslib.models.pfenet`): a frozen ImageNet ResNet-50, a prototype from masked average pooling
 of mid-level support features, a training-free prior from high-level features, and a multi-scale
 fusion module followed by a convolutional classifier. Its equations did not survive text
