@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_argument("--jobs", type=int, help="worker processes (default: the profile's, 2 for default/full)")
 
     args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # commands write figures to files and never need a display
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
                 "baselines": command_baselines, "ablation": command_ablation, "bench": command_bench,
                 "collapse": command_collapse, "doctor": command_doctor}

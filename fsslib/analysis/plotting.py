@@ -5,10 +5,9 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+# No backend is chosen here: a library module that switched it at import would silently turn off
+# a notebook's inline figures; the command line (``fsslib.__main__``) chooses a headless one.
 import matplotlib
-
-if not os.environ.get("DISPLAY") and "ipykernel" not in matplotlib.get_backend().lower():
-    matplotlib.use("Agg")  # headless runs (CI, `make reproduce`) must not need a display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
