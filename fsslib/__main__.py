@@ -1,6 +1,6 @@
 """Command line of fsslib; bad input gets one clear line, not a traceback.
 
-    python -m fsslib prepare {synthetic,pascal5i,coco20i,fss1000} [--root DIR]
+    python -m fsslib prepare {synthetic,pascal5i,coco20i,fss1000} [--root DIR] [--pretrain [--fold F]]
     python -m fsslib train EXPERIMENT|CONFIG.json [key=value ...] [--run-dir DIR]
     python -m fsslib eval RUN_DIR [key=value ...]
     python -m fsslib baselines [key=value ...]
@@ -22,6 +22,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .data import DatasetError
+from .engine.trainer import RunInUse
 
 
 def parse_value(text: str):
@@ -56,33 +57,73 @@ def apply_to_protocol(protocol, overrides: dict):
     return replace(protocol, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
+def override_train_values(values: dict, overrides: dict) -> dict:
+    """``values`` (a TrainConfig as a dict) with ``key=value`` overrides applied; ``model_args.X``
+    sets field X of the model's config and must be one (of the ``model=`` override's model, if any)."""
+    from .models.registry import config_fields
+
+    model = overrides.get("model", values.get("model"))
+    values = dict(values)
+    for key, value in overrides.items():
+        if key.startswith("model_args."):
+            name = key.split(".", 1)[1]
+            if name not in config_fields(model):
+                raise ValueError(f"unknown model key '{name}' for {model}; valid: {sorted(config_fields(model))}")
+            values["model_args"] = {**values["model_args"], name: value}
+        else:
+            values[key] = value
+    return values
+
+
+def check_experiment_overrides(name: str, overrides: dict) -> None:
+    """Reject unknown keys and bad values of ``train NAME key=value ...`` before ``experiment(name)``
+    runs, which pre-trains the fold's backbone on first use (minutes): on the config the overrides
+    make of the recipe's defaults (its values but the pre-trained weights), and by building the model."""
+    from .engine.trainer import TrainConfig
+    from .experiments.configs import EXPERIMENTS, synthetic_model_args
+    from .models.registry import build_model
+
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment '{name}'; valid names: {list(EXPERIMENTS)} (or a path to a config.json)")
+    base = vars(TrainConfig(model=name, model_args=synthetic_model_args(name)))
+    config = TrainConfig.from_dict(override_train_values(base, overrides))
+    try:
+        build_model(config.model, **config.model_args)
+    except (TypeError, ValueError) as e:  # a TypeError: a value of the wrong type reached a layer
+        raise ValueError(f"cannot build {config.model} with model_args {config.model_args}: {e}") from None
+
+
+def read_train_values(path: Path) -> dict:
+    """The ``train`` values of a run's ``config.json``, or one clear error naming the file."""
+    if not path.exists():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        values = json.loads(path.read_text())["train"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"config file {path} is not a run's config.json (JSON with a 'train' object): {e!r}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path}: 'train' must be an object of TrainConfig fields, got {values!r}")
+    return values
+
+
 def command_train(args) -> None:
     from .engine import distributed
     from .engine.episodic import default_run_dir, train_fewshot
     from .engine.trainer import TrainConfig
     from .experiments.configs import experiment
-    from .models.registry import config_fields
 
+    # Every key and value is checked before any work: nothing is pre-trained or written for a typo.
     overrides = parse_overrides(args.overrides)
-    distributed.init_from_env(overrides.get("device"))  # under torchrun: join the process group
     if args.config.endswith(".json"):
         path = Path(args.config)
-        if not path.exists():
-            raise ValueError(f"config file {path} does not exist")
-        config = TrainConfig.from_dict(json.loads(path.read_text())["train"])
+        config = TrainConfig.from_dict(override_train_values(read_train_values(path), overrides))
         run_dir = args.run_dir or path.parent
+        distributed.init_from_env(overrides.get("device"))  # under torchrun: join the process group
     else:
-        config, run_dir = experiment(args.config), args.run_dir
-    values = {k: v for k, v in vars(config).items()}
-    for key, value in overrides.items():
-        if key.startswith("model_args."):
-            name = key.split(".", 1)[1]
-            if name not in config_fields(config.model):
-                raise ValueError(f"unknown model key '{name}' for {config.model}; valid: {sorted(config_fields(config.model))}")
-            values["model_args"] = {**values["model_args"], name: value}
-        else:
-            values[key] = value
-    config = TrainConfig.from_dict(values)
+        check_experiment_overrides(args.config, overrides)
+        distributed.init_from_env(overrides.get("device"))
+        recipe, run_dir = experiment(args.config), args.run_dir
+        config = TrainConfig.from_dict(override_train_values(vars(recipe), overrides))
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     train_fewshot(config, run_dir)
     if distributed.is_main():
@@ -117,20 +158,41 @@ def command_baselines(args) -> None:
     print(format_summary(summarize(baseline_rows(args.fold, protocol=protocol))))
 
 
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """``"0,1,2"`` as ``(0, 1, 2)``, or one clear error naming ``option``."""
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"{option} must be comma-separated ints >= 0 (e.g. {option} 0,1,2), got {text!r}")
+    return seeds
+
+
 def command_ablation(args) -> None:
+    from .data.folds import NUM_FOLDS
     from .engine.protocol import EvalProtocol
-    from .experiments.ablation import ablation_table, format_ablation, results_dir, run_ablation
+    from .engine.trainer import runs_dir
+    from .experiments.ablation import ablation_table, format_ablation, run_ablation
     from .experiments.tables import TABLES
 
     if args.name not in TABLES:
         raise ValueError(f"unknown ablation '{args.name}'; valid names: {sorted(TABLES)}")
+    if not 0 <= args.fold < NUM_FOLDS:
+        raise ValueError(f"--fold must be in 0..{NUM_FOLDS - 1} (the synthetic benchmark has {NUM_FOLDS} folds), "
+                         f"got {args.fold}")
     variants, references = TABLES[args.name]
     protocol = apply_to_protocol(EvalProtocol(seeds=(0,), shots=(1, 5)), parse_overrides(args.overrides))
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    rows = run_ablation(variants, fold=args.fold, seeds=seeds, protocol=protocol, results=results_dir(args.name))
+    seeds = parse_seeds(args.seeds)
+    # Working state, never the committed results: a fresh clone trains and evaluates every run.
+    rows = run_ablation(variants, fold=args.fold, seeds=seeds, protocol=protocol,
+                        results=runs_dir() / "evaluations" / "ablation")
     table = format_ablation(ablation_table(rows, references))
-    (results_dir(args.name) / "table.md").write_text(table + "\n")
+    path = runs_dir() / "tables" / f"{args.name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
     print(table)
+    print(f"wrote {path}")
 
 
 def command_bench(args) -> None:
@@ -182,10 +244,19 @@ def command_prepare(args) -> None:
     from .data import build_source
     from .data.summary import fold_summary, split_sizes
 
+    if args.pretrain and args.benchmark != "synthetic":
+        raise ValueError(f"--pretrain: only the synthetic benchmark pre-trains its backbone ({args.benchmark} "
+                         "starts from ImageNet weights that you supply)")
     source = build_source(args.benchmark, args.root)
     print(f"{args.benchmark} at {source.root}:", ", ".join(f"{k} {v} images" for k, v in split_sizes(source).items()))
     if args.benchmark != "fss1000":
         print(fold_summary(source).to_string())
+    if args.pretrain:
+        from .engine.pretrain import learning_curve, pretrained_backbone
+
+        weights = pretrained_backbone(args.fold, benchmark=args.benchmark, data_root=args.root)
+        print(f"pre-trained backbone: {weights}\ntraining loss (per-pixel cross-entropy on the base classes):")
+        print(learning_curve(weights.parent).to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare = commands.add_parser("prepare", help="generate the synthetic benchmark or index a real one")
     prepare.add_argument("benchmark", choices=("synthetic", "pascal5i", "coco20i", "fss1000"))
     prepare.add_argument("--root", help="the dataset's folder (default: under $FSSLIB_DATA or ./data)")
+    prepare.add_argument("--pretrain", action="store_true", help="also pre-train the fold's backbone now (synthetic "
+                         "benchmark; otherwise the first notebook or run that needs it does, 6-8 CPU minutes)")
+    prepare.add_argument("--fold", type=int, default=0, help="fold whose backbone --pretrain trains (default 0)")
     train = commands.add_parser("train", help="train an experiment (or resume a run from its config.json)")
     train.add_argument("config", help="experiment name (e.g. protonet) or a run's config.json")
     train.add_argument("overrides", nargs="*", help="key=value")
@@ -244,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1  # the failures were listed; every other result was written
         elif handlers[args.command](args):
             return 1
-    except (DatasetError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, ValueError, FileNotFoundError, RunInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,12 @@ def fast_mode() -> bool:
     return os.environ.get("FSSLIB_FAST") == "1"
 
 
+def mode_suffix() -> str:
+    """``"-fast"`` in fast mode, else empty: in the names of runs and stored evaluations, so that the
+    tests' few-step runs never stand in for (or collide with) the real ones."""
+    return "-fast" if fast_mode() else ""
+
+
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """The argument, else CUDA when available, else CPU."""
     if device is not None:

@@ -58,3 +58,20 @@ def test_values_parse_as_json_or_lists():
 def test_the_module_entry_point_exits_with_a_line_not_a_traceback():
     result = subprocess.run([sys.executable, "-m", "fsslib", "eval", "/nonexistent"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("error: no run at") and "Traceback" not in result.stderr
+
+
+def test_prepare_pretrain_announces_the_wait_and_prints_the_learning_curve(synthetic_source, tmp_path, monkeypatch,
+                                                                          capsys):
+    monkeypatch.setenv("FSSLIB_DATA", str(synthetic_source.root.parent))
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FSSLIB_FAST", "1")
+    assert main(["prepare", "synthetic", "--pretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "Pre-training the smallcnn backbone of synthetic fold 0" in out and "Once per fold" in out
+    assert "training loss" in out and "ce" in out
+    weights = list((tmp_path / "runs").glob("pretrain-*-fold0-seed0-fast/backbone.pt"))
+    assert len(weights) == 1
+    assert main(["prepare", "synthetic", "--pretrain"]) == 0  # done: reused, not announced again
+    assert "Pre-training" not in capsys.readouterr().out
+    assert main(["prepare", "pascal5i", "--pretrain"]) == 2
+    assert "only the synthetic benchmark pre-trains" in error_line(capsys)

@@ -36,9 +36,11 @@ def test_reproduce_fast_writes_every_table_and_figure_and_reuses_finished_runs(i
         for variant in table.variants:
             assert f"| {variant.name} |" in text, variant.name
         assert (results / f"{table.key}.csv").stat().st_size > 0
-        assert (isolated / "figures" / f"fast_table_{table.key}.png").exists()
-    for figure in ("episodes.png", "fast_learning_curves.png", "fast_qualitative_predictions.png"):
-        assert (isolated / "figures" / figure).exists()
+        assert (isolated / "figures" / "fast" / f"table_{table.key}.png").exists()
+    for figure in ("episodes.png", "learning_curves.png", "qualitative_predictions.png"):
+        assert (isolated / "figures" / "fast" / figure).exists()
+    assert not list((isolated / "figures").glob("*.png")), "the fast profile wrote over the default figures"
+    assert "Smoke test, the numbers mean nothing" in text
     weights = sorted((isolated / "runs" / "ablation").glob("*/model.pt"))
     stamps = [w.stat().st_mtime_ns for w in weights]
     raw = {t.key: (results / f"{t.key}.csv").read_text() for t in tables()}
@@ -93,3 +95,23 @@ def test_collapse_check_pairs_each_seed_and_shot_with_the_reference():
     assert low[["method", "shot", "train_seed"]].values.tolist() == [["PFENet", 1, 0]]
     assert "1 exception(s)" in collapse_check(scores, "ProtoNet") and "training seed 0: 29.9" in collapse_check(scores, "ProtoNet")
     assert "**holds**" in collapse_check(scores[scores.train_seed == 1], "ProtoNet")
+
+
+def test_committed_tables_are_read_as_references_with_every_row(capsys, monkeypatch):
+    """The notebooks show the committed default-profile tables: each must load and hold every row
+    of its table for every training seed (a table changed without rerunning `make reproduce` fails here)."""
+    from fsslib.experiments.ablation import ablation_table
+    from fsslib.experiments.reproduce import stored_or_computed, stored_rows
+
+    monkeypatch.delenv("FSSLIB_FAST", raising=False)
+    monkeypatch.delenv("FSSLIB_RUNS", raising=False)  # the repository's results/
+    profile = PROFILES["default"]
+    for table in tables():
+        assert stored_rows(table.key, profile) is not None, f"results/{table.key}.csv is not committed"
+        rows = stored_or_computed([table.key], profile)
+        assert "read-only" in capsys.readouterr().out
+        result = ablation_table(rows, table.references)
+        for variant in table.variants:
+            row = result[result.method == variant.name]
+            assert set(row.shot) == set(profile.shots), variant.name
+            assert (row.seeds == len(profile.seeds)).all(), variant.name

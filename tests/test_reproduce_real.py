@@ -74,8 +74,8 @@ def test_reproduce_runs_the_same_pipeline_on_a_pascal5i_layout(tmp_path, monkeyp
         run = tmp_path / "runs" / "ablation" / "pascal5i"
         assert config.benchmark == "pascal5i" and config.model_args["backbone"] == "smallcnn"
         assert any(run.glob(f"{variant.model}-*-fold0-seed0/model.pt")), variant.name
-    for figure in ("pascal5i_table_main.png", "pascal5i_learning_curves.png", "pascal5i_qualitative_predictions.png"):
-        assert (tmp_path / "figures" / figure).exists()
+    for figure in ("table_main.png", "learning_curves.png", "qualitative_predictions.png"):
+        assert (tmp_path / "figures" / "pascal5i" / figure).exists()
 
 
 def test_a_missing_dataset_is_named(tmp_path, monkeypatch):

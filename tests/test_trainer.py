@@ -1,5 +1,6 @@
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,43 @@ def test_a_cached_run_trains_and_resumes_on_cuda(synthetic_source, tmp_path):
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert a.device.type == "cuda"
         torch.testing.assert_close(a, b)
+
+
+def test_run_lock_names_the_owner_or_waits_for_it(tmp_path, capsys):
+    import subprocess
+    import sys
+    import threading
+    import time as clock
+
+    from fsslib.engine.trainer import RunInUse, RunLock
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    # Reap it when it exits: a child that has exited but not been waited for still answers kill(pid, 0).
+    threading.Thread(target=owner.wait, daemon=True).start()
+    try:
+        (tmp_path / "lock").write_text(str(owner.pid))
+        with pytest.raises(RunInUse, match=f"being trained by process {owner.pid}"):
+            RunLock(tmp_path).__enter__()
+        start = clock.perf_counter()
+        with RunLock(tmp_path, wait="the backbone is being pre-trained elsewhere", poll_seconds=0.05):
+            assert owner.poll() is not None, "the lock was taken while its owner was alive"
+            assert (tmp_path / "lock").read_text() == str(os.getpid())
+        assert clock.perf_counter() - start > 0.5
+        out = capsys.readouterr().out
+        assert out.count("waiting for it to finish") == 1 and "pre-trained elsewhere" in out
+    finally:
+        owner.kill()
+        owner.wait()
+    assert not (tmp_path / "lock").exists()
+
+
+def test_default_run_dir_keeps_fast_mode_apart_and_ignores_the_device(monkeypatch):
+    from dataclasses import replace
+
+    from fsslib.engine.episodic import default_run_dir
+    from fsslib.engine.trainer import TrainConfig
+
+    config = TrainConfig(model="protonet", steps=1000)
+    assert default_run_dir(config) == default_run_dir(replace(config, device="cuda", num_workers=4))
+    assert default_run_dir(config) != default_run_dir(replace(config, steps=6))
+    assert default_run_dir(config).name.startswith("protonet-synthetic-fold0-seed0-")

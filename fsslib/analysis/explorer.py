@@ -17,7 +17,8 @@ import pandas as pd
 
 from ..engine.protocol import EvalProtocol
 from ..experiments.ablation import Variant, ablation_table, run_ablation, train_variant
-from ..experiments.reproduce import PROFILES, Profile, results_root, tables
+from ..experiments.reproduce import PROFILES, Profile, tables
+from ..experiments.reproduce import stored_rows as stored_rows_of_table
 from ..models.registry import method_class
 from ..runtime import fast_mode
 
@@ -111,10 +112,9 @@ QUICK_EPISODES = 200
 def stored_rows(profile: Profile, table: str, name: str, fold: int) -> pd.DataFrame | None:
     """The rows of ``name`` in the table CSV that ``reproduce`` wrote (``results/<table>.csv``), or
     None unless every training seed of the profile is there."""
-    path = results_root(profile) / f"{table}.csv"
-    if not path.exists():
+    rows = stored_rows_of_table(table, profile)
+    if rows is None:
         return None
-    rows = pd.read_csv(path)
     rows = rows[(rows.method == name) & (rows.fold == fold)]
     return rows.reset_index(drop=True) if set(profile.seeds) <= set(rows.train_seed) else None
 
@@ -169,10 +169,10 @@ def tables_beside_papers(profile: str = "default") -> dict[str, pd.DataFrame]:
     chosen = PROFILES[profile]
     out = {}
     for table in tables():
-        path = results_root(chosen) / f"{table.key}.csv"
-        if not path.exists():
+        rows = stored_rows_of_table(table.key, chosen)
+        if rows is None:
             continue
-        result = ablation_table(pd.read_csv(path), table.references)
+        result = ablation_table(rows, table.references)
         by_name = {v.name: v for v in table.variants}
         result["paper (PASCAL-5i)"] = [paper_value(table.key, by_name[m], s) if m in by_name else ""
                                        for m, s in zip(result.method, result.shot)]

@@ -14,21 +14,31 @@ import torch
 
 from ..data.sources import EXCLUDED, IGNORE
 from ..data.transforms import denormalise
+from ..runtime import fast_mode
 
 IGNORE_RGB = np.array([1.0, 1.0, 1.0])
 
 
 def figures_dir() -> Path:
-    """``$FSSLIB_FIGURES`` if set (tests point it to a temporary folder), else the repo's ``figures/``."""
-    path = Path(os.environ.get("FSSLIB_FIGURES") or Path(__file__).resolve().parents[2] / "figures")
+    """Where the notebooks save their figures: ``$FSSLIB_FIGURES`` if set (the tests), else
+    ``runs/figures/``, working state beside the runs that git ignores, so that running a notebook
+    never changes a committed file; fast mode in its ``fast/`` subfolder. The committed ``figures/``
+    are what ``make reproduce`` draws (``experiments.report``) and the notebook figures the
+    README shows, copied from a fresh-clone run."""
+    from ..engine.trainer import runs_dir
+
+    path = Path(os.environ.get("FSSLIB_FIGURES") or runs_dir() / "figures")
+    if fast_mode():
+        path = path / "fast"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def save_figure(fig: plt.Figure, name: str, close: bool = False) -> Path:
-    """Write ``fig`` to ``figures/<name>``; ``close`` it when no notebook will display it (scripts
-    that draw many figures would otherwise keep them all in memory)."""
-    path = figures_dir() / name
+def save_figure(fig: plt.Figure, name: str, close: bool = False, folder: Path | None = None) -> Path:
+    """Write ``fig`` to ``<folder>/<name>`` (default :func:`figures_dir`); ``close`` it when no
+    notebook will display it (scripts that draw many figures would otherwise keep them all in memory)."""
+    path = (folder or figures_dir()) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     if close:
         plt.close(fig)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import LABEL_IGNORE, README_DATA, DatasetError, Pair, SegmentationSource, read_rgb
+from .sources import LABEL_IGNORE, README_DATA, DatasetError, Pair, SegmentationSource, check_sizes, read_rgb
 
 ANNOTATION_FILES = {"train": "annotations/instances_train2014.json", "val": "annotations/instances_val2014.json"}
 IMAGE_DIRS = {"train": "train2014", "val": "val2014"}
@@ -76,6 +76,9 @@ class COCOSource(SegmentationSource):
                     area[self.category_to_class[ann["category_id"]]] += ann["area"]
             stem = Path(info["file_name"]).stem
             pairs += [Pair(stem, c, int(a)) for c, a in sorted(area.items())]
+        # Label maps are drawn at the annotation's size: each image must have it.
+        check_sizes([(self.root / IMAGE_DIRS[split] / info["file_name"], (info["width"], info["height"]))
+                     for info in coco.imgs.values()], self.root / "annotations" / f".{split}_sizes_checked")
         return pairs
 
     def load(self, stem: str) -> tuple[np.ndarray, np.ndarray]:

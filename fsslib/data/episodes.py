@@ -51,6 +51,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .folds import base_classes, fold_classes
@@ -171,6 +172,31 @@ def episode_mask(label: torch.Tensor, classes: Sequence[int], exclude: Sequence[
     return mask
 
 
+def check_support_mask(mask: torch.Tensor, original: np.ndarray | torch.Tensor, stem: str, class_id: int) -> None:
+    """Reject a coded support ``mask`` without a pixel of its class (code 1): its prototype would
+    average nothing, silently (ProtoNet then predicts background everywhere).
+
+    ``original`` is the support's label as loaded (dataset ids): it tells a label that lacks the
+    class from an object lost in the resize to the network input (nearest neighbour drops rows and
+    columns, so an object a few pixels thin can vanish). An object that only a random augmentation
+    moved out of the frame passes: that is a rare draw of the training stream, not bad data, and
+    raising would stop a run at a random step.
+    """
+    if bool((mask == 1).any()):
+        return
+    present = torch.as_tensor(np.asarray(original) == class_id)
+    if not bool(present.any()):
+        raise DatasetError(f"support image {stem!r} has no pixel of class {class_id} in its label (all background "
+                           "or ignore); fix the label, or remove the image from the split list (and delete the "
+                           "dataset's index if it is stale)")
+    size = tuple(mask.shape[-2:])
+    if bool(F.interpolate(present[None, None].float(), size=size, mode="nearest").any()):
+        return  # the plain resize keeps it: the augmentation cropped it out
+    raise DatasetError(f"support image {stem!r} has {int(present.sum())} pixels of class {class_id}, but none left "
+                       f"once its label is resized to the network input ({size[1]}x{size[0]}): the object is too "
+                       "small or thin at that size; use a larger image_size or raise the source's min_pixels")
+
+
 class EpisodeDataset(Dataset):
     """Episodes as training/evaluation samples in the data contract of DESIGN.md.
 
@@ -209,11 +235,13 @@ class EpisodeDataset(Dataset):
             query_img, query_label = self.transform(image, label)
             support_imgs, support_masks = [], []
             for n, stem in enumerate(episode.supports):
-                img, lab = self.transform(*source.load(stem))
+                support_image, support_label = source.load(stem)
+                img, lab = self.transform(support_image, support_label)
                 target = episode.classes[n // episode.shot]
                 others = [c for c in episode.classes if c != target]
                 support_imgs.append(img)
                 support_masks.append(episode_mask(lab, [target], exclude=others))
+                check_support_mask(support_masks[-1], support_label, stem, target)
         if self.support_annotation != "dense":
             rng = np.random.default_rng([self.seed, index, 2])
             support_masks = [weak_annotation(m, self.support_annotation, rng) for m in support_masks]

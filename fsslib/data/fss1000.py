@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .sources import README_DATA, DatasetError, Pair, SegmentationSource, read_rgb
+from .sources import README_DATA, DatasetError, Pair, SegmentationSource, check_sizes, read_rgb
 
 SPLITS_DIR = Path(__file__).parent / "splits"
 
@@ -58,8 +58,11 @@ class FSS1000Source(SegmentationSource):
         if missing:
             raise DatasetError(f"fss1000 root {self.root} lacks {len(missing)} class folders of the {split} split "
                                f"(e.g. {missing[:3]}); see {README_DATA}.")
-        return [Pair(f"{name}/{jpg.stem}", self.class_ids[name], 1)
-                for name in names for jpg in sorted((self.root / name).glob("*.jpg"))]
+        pairs = [Pair(f"{name}/{jpg.stem}", self.class_ids[name], 1)
+                 for name in names for jpg in sorted((self.root / name).glob("*.jpg"))]
+        check_sizes([(self.root / f"{p.stem}.jpg", self.root / f"{p.stem}.png") for p in pairs],
+                    self.root / f".{split}_sizes_checked", what="mask")
+        return pairs
 
     def load(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
         name = stem.split("/")[0]

@@ -15,8 +15,10 @@ expected there; they never surface as a bare traceback from PIL or numpy.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,52 @@ def check_label(label: np.ndarray, num_classes: int, path: Path, image_shape: tu
     return label
 
 
+def header_size(path: Path, what: str = "image") -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header (PIL decodes no pixel on ``open``)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DatasetError(f"{what} file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"cannot read {what} {path}: {e} (corrupt or not an image?)") from None
+
+
+def check_sizes(pairs: Sequence[tuple[Path, Path | tuple[int, int]]], marker: Path, what: str = "label map") -> None:
+    """Raise :class:`DatasetError` for the first ``(image, label)`` pair whose sizes differ, naming
+    the label, its image and both sizes; a label may also be a ``(width, height)`` it must match.
+
+    Run when a dataset is indexed, so that a bad file fails at once rather than when an episode
+    first draws it. Only file headers are read, and only once per file list: ``marker`` records the
+    list's digest (when the dataset folder is writable), so later calls cost nothing.
+    """
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha1("\n".join(f"{a}\t{b}" for a, b in pairs).encode()).hexdigest()
+    try:
+        if marker.read_text().strip() == digest:
+            return
+    except OSError:
+        pass
+    for image, label in tqdm(pairs, desc="checking image and label sizes", leave=False, disable=None):
+        image_size = header_size(image)
+        label_size = label if isinstance(label, tuple) else header_size(label, what)
+        if label_size == image_size:
+            continue
+        (w, h), (label_w, label_h) = image_size, label_size
+        if isinstance(label, tuple):
+            raise DatasetError(f"image {image} is {w}x{h} but its annotation says {label_w}x{label_h} (width x height)")
+        raise DatasetError(f"{what} {label} is {label_w}x{label_h} but its image {image} is {w}x{h} "
+                           "(width x height); they must match")
+    try:
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(digest + "\n")
+        os.replace(tmp, marker)
+    except OSError:
+        pass  # a read-only dataset folder: checked again next time
+
+
 def index_from_label(stem: str, label: np.ndarray) -> list[Pair]:
     ids, counts = np.unique(label, return_counts=True)
     return [Pair(stem, int(c), int(n)) for c, n in zip(ids, counts) if c not in (0, IGNORE, LABEL_IGNORE)]
@@ -168,7 +216,8 @@ class VOCLayoutSource(SegmentationSource):
         ImageSets/Segmentation/val.txt         # VOC2012 val stems (test queries)
 
     The per-split index ``ImageSets/FewShot/<split>_index.tsv`` (image, class, pixels) is built
-    on first use by reading every label once, and reused afterwards. The synthetic benchmark is
+    on first use by reading every label once, and reused afterwards; before it, every label's size
+    is checked against its image's (file headers, once per split list). The synthetic benchmark is
     written in this same layout, so both are read by this one class.
     """
 
@@ -216,6 +265,9 @@ class VOCLayoutSource(SegmentationSource):
     def index(self, split: str) -> list[Pair]:
         self.check_split(split)
         if split not in self._index:
+            # Before the index is built: no index is written from labels that do not fit their images.
+            check_sizes([(self.image_path(s), self.label_path(s)) for s in self.stems(split)],
+                        self.index_path(split).with_name(f"{split}_sizes_checked"))
             path = self.index_path(split)
             if not path.exists():
                 self._build_index(split, path)

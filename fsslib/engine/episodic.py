@@ -1,8 +1,10 @@
 """Episodic training of a few-shot method, and loading finished runs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -42,9 +44,22 @@ def cached_fewshot_dataset(config: TrainConfig, model: FewShotSegmenter, source=
     return CachedEpisodeDataset(pool, cache, config.shot, config.way, config.steps * config.batch_size, config.seed)
 
 
+#: Fields that do not change what a run learns: a run started on a GPU resumes on the CPU in the
+#: same folder, whatever the loader's worker count or the logging cadence.
+_NOT_IN_DIGEST = ("device", "num_workers", "log_every", "checkpoint_every")
+
+
+def config_digest(config: TrainConfig) -> str:
+    """8 hex digits of the config (without :data:`_NOT_IN_DIGEST`): two configs share a run folder
+    only if they train the same run, so the fast mode's runs (another recipe, another backbone)
+    never meet the default mode's, and changing one value starts a new run instead of failing."""
+    values = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_DIGEST}
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<model>-<benchmark>-fold<f>-seed<s>``: where a run goes when no directory is given."""
-    return runs_dir() / f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}"
+    """``runs/<model>-<benchmark>-fold<f>-seed<s>-<digest>``: where a run goes when no directory is given."""
+    return runs_dir() / f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}-{config_digest(config)}"
 
 
 def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data import EpisodePool, eval_transform
-from ..data.episodes import Episode, episode_mask
+from ..data.episodes import Episode, check_support_mask, episode_mask
 
 #: Features larger than this (bytes) go to memory-mapped files instead of memory on the device
 #: (GPU memory when the model runs on a GPU).
@@ -173,6 +173,7 @@ class FeatureCache:
             target = episode.classes[n // shot]
             masks.append(episode_mask(self.labels[self.row[stem]], [target],
                                       exclude=[c for c in episode.classes if c != target]))
+            check_support_mask(masks[-1], self.original_labels[self.row[stem]], stem, target)
         return torch.stack(masks)
 
 

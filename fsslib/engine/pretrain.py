@@ -20,8 +20,8 @@ from ..data import DEFAULT_SIZES, EpisodePool, base_classes, build_source, eval_
 from ..data.sources import LABEL_IGNORE
 from ..models.backbones import build_backbone
 from ..models.ops import IGNORE_INDEX
-from ..runtime import fast_mode
-from .trainer import TrainConfig, Trainer, runs_dir
+from ..runtime import fast_mode, mode_suffix
+from .trainer import RunLock, TrainConfig, Trainer, runs_dir
 
 
 def pretrain_config(fold: int = 0, seed: int = 0, benchmark: str = "synthetic", backbone: str = "smallcnn",
@@ -86,24 +86,60 @@ class BackboneClassifier(nn.Module):
 
 def pretrain_run_dir(config: TrainConfig) -> Path:
     backbone = config.model_args.get("backbone", "smallcnn")
-    suffix = "-fast" if fast_mode() else ""
-    return runs_dir() / f"pretrain-{config.benchmark}-{backbone}-fold{config.fold}-seed{config.seed}{suffix}"
+    return runs_dir() / f"pretrain-{config.benchmark}-{backbone}-fold{config.fold}-seed{config.seed}{mode_suffix()}"
 
 
 def pretrained_backbone(fold: int = 0, seed: int = 0, benchmark: str = "synthetic", backbone: str = "smallcnn",
                         progress: bool = True, **overrides) -> Path:
-    """Path of the pre-trained backbone weights of ``(fold, seed)``, training them on first use."""
+    """Path of the pre-trained backbone weights of ``(fold, seed)``, training them on first use.
+
+    The first use is the first long wait of a fresh clone, so it is announced (what, why, how long)
+    and shown with a progress bar even where the caller asked for quiet training (``progress``
+    only silences the finished-run case). A second process that needs the same backbone meanwhile
+    (a second notebook) waits for the first one with a message.
+    """
     config = pretrain_config(fold, seed, benchmark, backbone, **overrides)
     run_dir = pretrain_run_dir(config)
     weights = run_dir / "backbone.pt"
     if weights.exists():
         return weights
-    source = build_source(benchmark, config.data_root)
-    size = config.image_size or DEFAULT_SIZES[benchmark]
-    transform = train_transform(size) if config.augment else eval_transform(size)
-    dataset = BaseClassSegmentation(source, fold, transform, config.steps * config.batch_size, seed, config.convention)
-    torch.manual_seed(seed)
-    model = BackboneClassifier(backbone, dataset.num_classes)
-    model = Trainer(config, model, dataset, run_dir).fit(progress=progress)
-    torch.save(model.backbone.state_dict(), weights)
+    waiting = f"the {backbone} backbone of fold {fold} (seed {seed}) is being pre-trained by another process"
+    with RunLock(run_dir, name="pretrain.lock", wait=waiting):
+        if weights.exists():  # the other process finished it while this one waited
+            return weights
+        print(announcement(config), flush=True)
+        source = build_source(benchmark, config.data_root)
+        size = config.image_size or DEFAULT_SIZES[benchmark]
+        transform = train_transform(size) if config.augment else eval_transform(size)
+        dataset = BaseClassSegmentation(source, fold, transform, config.steps * config.batch_size, seed,
+                                        config.convention)
+        torch.manual_seed(seed)
+        model = BackboneClassifier(backbone, dataset.num_classes)
+        model = Trainer(config, model, dataset, run_dir).fit(progress=True)
+        torch.save(model.backbone.state_dict(), weights)
     return weights
+
+
+def announcement(config: TrainConfig) -> str:
+    """What is about to happen, why, and for how long (printed before a pre-training starts)."""
+    # 16 images of 128 pixels took 0.4-0.5 s per step on the idle 2-core development machine.
+    seconds = 0.45 * config.steps * config.batch_size / 16
+    duration = (f"About {seconds / 60:.0f} minutes" if seconds > 90 else f"About {seconds:.0f} seconds") + \
+        " on an idle 2-core CPU (longer while other jobs run)"
+    return (f"Pre-training the {config.model_args.get('backbone', 'smallcnn')} backbone of {config.benchmark} fold "
+            f"{config.fold}: {config.steps} steps x {config.batch_size} images of supervised segmentation of the "
+            f"fold's base classes (the synthetic benchmark's stand-in for ImageNet weights; novel classes are never "
+            f"seen). Once per fold: every method and notebook reuses it from {pretrain_run_dir(config)}. {duration}, "
+            f"under a minute on a GPU; start it up front with "
+            f"`python -m fsslib prepare {config.benchmark} --pretrain --fold {config.fold}`.")
+
+
+def learning_curve(run_dir: Path, every: int = 100):
+    """The pre-training loss, averaged over windows of ``every`` steps (the log has one row per
+    ``log_every`` steps), as a DataFrame ``(steps, ce)``."""
+    import pandas as pd
+
+    log = pd.read_csv(Path(run_dir) / "log.csv")
+    window = (log["step"] - 1) // every
+    return pd.DataFrame({"steps": [f"{w * every + 1}-{min((w + 1) * every, int(log.step.max()))}" for w in sorted(set(window))],
+                         "ce": log.groupby(window)["ce"].mean().round(3).tolist()})

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, sample_episodes
 from ..data.episodes import Episode, episode_mask
-from ..data.weak import weak_annotation
+from ..data.folds import COCO_CONVENTIONS
+from ..data.weak import WEAK_ANNOTATIONS, weak_annotation
 from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
 from .evaluator import Evaluator
@@ -56,8 +57,25 @@ class EvalProtocol:
     batch_size: int = 32
 
     def __post_init__(self):
+        """Reject a wrong type or value of any field, naming it, before a feature is computed."""
+        def count(value, low: int = 1) -> bool:  # a bool is no int
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        for name in ("episodes", "way", "batch_size"):
+            if not count(getattr(self, name)):
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        for name, low, example in (("seeds", 0, "0,1,2"), ("shots", 1, "1,5")):
+            values = getattr(self, name)
+            if not (isinstance(values, (tuple, list)) and values and all(count(v, low) for v in values)):
+                raise ValueError(f"{name} must be ints >= {low} (e.g. {name}={example}), got {values!r}")
+        if self.image_size is not None and not count(self.image_size):
+            raise ValueError(f"image_size must be an int >= 1 or null, got {self.image_size!r}")
         if self.labels not in ("original", "resized"):
             raise ValueError(f"labels must be 'original' or 'resized', got {self.labels!r}")
+        if self.support_annotation not in WEAK_ANNOTATIONS:
+            raise ValueError(f"support_annotation must be one of {WEAK_ANNOTATIONS}, got {self.support_annotation!r}")
+        if self.convention is not None and self.convention not in COCO_CONVENTIONS:
+            raise ValueError(f"convention must be null or one of {COCO_CONVENTIONS}, got {self.convention!r}")
 
     def size(self, benchmark: str) -> int:
         return self.image_size or DEFAULT_SIZES[benchmark]

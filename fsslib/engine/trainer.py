@@ -85,18 +85,77 @@ class TrainConfig:
     checkpoint_every: int = 200
     device: str | None = None
 
+    #: Inclusive ``(low, high)`` bounds of numeric fields (``None``: unbounded); ``fold`` and
+    #: ``way`` get theirs from the benchmark in ``__post_init__``.
+    _BOUNDS = {"shot": (1, None), "way": (1, None), "steps": (1, None), "batch_size": (1, None),
+               "step_size": (0, None), "warmup_steps": (0, None), "accumulate": (1, None), "seed": (0, None),
+               "num_workers": (0, None), "log_every": (1, None), "checkpoint_every": (1, None),
+               "image_size": (1, None), "weight_decay": (0, None), "momentum": (0, 1)}
+    #: Fields that must be above 0.
+    _POSITIVE = ("lr", "poly_power", "gamma", "grad_clip")
+
     def __post_init__(self):
+        """Reject a wrong type or value of any field, naming it: a run must fail here, before its
+        folder or ``config.json`` is written, not steps into training."""
+        from ..data.folds import BENCHMARKS, COCO_CONVENTIONS, NUM_FOLDS, base_classes
+        from ..models.registry import METHODS
+
         choices = {"task": ("episodic", "pretrain"), "optimizer": ("adamw", "sgd"),
-                   "schedule": ("cosine", "poly", "step", "constant")}
+                   "schedule": ("cosine", "poly", "step", "constant"), "benchmark": (*BENCHMARKS, "fss1000")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.accumulate < 1:
-            raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
+        if self.task == "episodic" and self.model not in METHODS:
+            raise ValueError(f"unknown model {self.model!r}; valid names: {sorted(METHODS)}")
+        if self.convention is not None and (self.benchmark != "coco20i" or self.convention not in COCO_CONVENTIONS):
+            raise ValueError(f"convention must be null, or one of {COCO_CONVENTIONS} for coco20i; got "
+                             f"{self.convention!r} for {self.benchmark}")
+        bounds, notes = dict(self._BOUNDS), {}
+        if self.benchmark == "fss1000":  # one fixed train/val/test class split
+            bounds["fold"], notes["fold"] = (0, 0), " (fss1000 has no folds)"
+        else:
+            bounds["fold"], notes["fold"] = (0, NUM_FOLDS - 1), f" ({self.benchmark} has {NUM_FOLDS} folds)"
+        for f in fields(self):
+            self._check_field(f.name, f.type, *bounds.get(f.name, (None, None)), notes.get(f.name, ""))
+        if self.task == "episodic" and self.benchmark != "fss1000":
+            classes = len(base_classes(self.benchmark, self.fold, self.convention))
+            if self.way > classes:
+                raise ValueError(f"way must be an int in 1..{classes} (the training classes of {self.benchmark} "
+                                 f"fold {self.fold}), got {self.way}")
         if self.schedule == "step" and self.step_size <= 0:
             raise ValueError("schedule='step' needs step_size > 0")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got "
+                                 f"{self.device!r} ({e})") from None
+
+    def _check_field(self, name: str, annotation: str, low, high, note: str) -> None:
+        """``name`` holds its annotated type (a bool is no int; an int is a valid float; floats are
+        finite) within ``[low, high]`` (above 0 for :attr:`_POSITIVE`)."""
+        value = getattr(self, name)
+        kinds = [k.strip() for k in annotation.split("|")]
+        if value is None and "None" in kinds:
+            return
+        kind = kinds[0]
+        if kind == "bool":
+            valid, what = isinstance(value, bool), "true or false"
+        elif kind in ("int", "float"):
+            number = (int, float) if kind == "float" else int
+            valid = isinstance(value, number) and not isinstance(value, bool) and math.isfinite(value)
+            what = "an int" if kind == "int" else "a number"
+            if name in self._POSITIVE:
+                valid, what = valid and value > 0, f"{what} > 0"
+            elif low is not None and high is not None:
+                valid, what = valid and low <= value <= high, f"{what} in {low}..{high}" if low < high else str(low)
+            elif low is not None:
+                valid, what = valid and value >= low, f"{what} >= {low}"
+        else:
+            valid, what = isinstance(value, {"str": str, "dict": dict}[kind]), f"a {kind}"
+        if not valid:
+            what += " or null" if "None" in kinds else ""
+            raise ValueError(f"{name} must be {what}{note}, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -389,29 +448,46 @@ class Trainer:
         return writer
 
 
-class RunLock:
-    """``run_dir/lock`` holding the training process's id: two processes (e.g. two ablation
-    commands sharing runs) never train the same run at once. A lock left by a process that no
-    longer exists (killed) is taken over."""
+class RunInUse(RuntimeError):
+    """Another live process holds the lock of a run (it is training it right now)."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "lock"
+
+class RunLock:
+    """``run_dir/<name>`` holding the training process's id: two processes (e.g. two ablation
+    commands sharing runs) never train the same run at once. A lock left by a process that no
+    longer exists (killed) is taken over.
+
+    A lock held by a live process raises :class:`RunInUse`, or, with ``wait`` (a message to
+    print), waits for that process to finish: a second notebook that needs the backbone another
+    notebook is pre-training waits for it instead of failing.
+    """
+
+    def __init__(self, run_dir: Path, name: str = "lock", wait: str | None = None, poll_seconds: float = 2.0):
+        self.path = Path(run_dir) / name
+        self.wait, self.poll_seconds = wait, poll_seconds
 
     def __enter__(self) -> "RunLock":
-        for _ in range(2):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        announced = False
+        while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise RuntimeError(f"run {self.path.parent} is being trained by process {owner} "
-                                       f"(remove {self.path} if that process is not training it)") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                if owner is None or not _alive(owner) or owner == os.getpid():
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                if self.wait is None:
+                    raise RunInUse(f"run {self.path.parent} is being trained by process {owner}; wait for it to "
+                                   f"finish (or remove {self.path} if that process is not training it)") from None
+                if not announced:
+                    print(f"{self.wait} (process {owner} holds {self.path}); waiting for it to finish", flush=True)
+                    announced = True
+                time.sleep(self.poll_seconds)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
             return self
-        raise RuntimeError(f"could not take the lock {self.path}")
 
     def _owner(self) -> int | None:
         try:

@@ -29,7 +29,7 @@ from ..data import build_source
 from ..engine.episodic import train_fewshot
 from ..engine.protocol import EvalProtocol, evaluate, interval95, with_interval
 from ..engine.trainer import TrainConfig, runs_dir
-from ..runtime import fast_mode
+from ..runtime import mode_suffix
 from .configs import real_data_recipe, synthetic_recipe
 
 
@@ -77,8 +77,7 @@ def variant_run_dir(variant: Variant, fold: int, seed: int, pretrain_seed: int =
     """Where the training run of ``variant`` for one seed lives."""
     if benchmark != "synthetic":  # ImageNet weights, no pre-training seed
         return runs_dir() / "ablation" / benchmark / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}"
-    suffix = "-fast" if fast_mode() else ""
-    return runs_dir() / "ablation" / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}-pre{pretrain_seed}{suffix}"
+    return runs_dir() / "ablation" / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}"
 
 
 def results_dir(name: str) -> Path:
@@ -180,7 +179,7 @@ def evaluation_path(results: str | Path, variant: Variant, protocol: EvalProtoco
                     pretrain_seed: int = 0, recipe_args: dict | None = None) -> Path:
     """The CSV in which ``run_ablation`` stores (and finds) one evaluation of one training seed."""
     return Path(results) / (f"{_slug(variant, recipe_args)}-{_eval_key(variant, protocol)}"
-                            f"-fold{fold}-seed{seed}-pre{pretrain_seed}.csv")
+                            f"-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}.csv")
 
 
 def _eval_key(variant: Variant, protocol: EvalProtocol) -> str:

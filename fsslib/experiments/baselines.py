@@ -15,19 +15,24 @@ import torch
 
 from ..data import build_source
 from ..engine.episodic import train_fewshot
+from ..engine.pretrain import pretrained_backbone
 from ..engine.protocol import AllForeground, EvalProtocol, evaluate
 from ..models import build_model
 from .configs import SYNTHETIC_BACKBONE, experiment
 
 
 def baseline_rows(fold: int = 0, seed: int = 0, protocol: EvalProtocol = EvalProtocol(), progress: bool = True,
-                  device=None) -> pd.DataFrame:
+                  device=None, trained=None) -> pd.DataFrame:
+    """The four rows on ``protocol``. ``trained``: the episodically trained ProtoNet to score (a
+    notebook's shorter run); None trains (or loads) the standard recipe's run of ``(fold, seed)``."""
     source = build_source("synthetic")
-    config = experiment("protonet", fold=fold, seed=seed, progress=progress)
-    trained = train_fewshot(config, progress=progress, source=source)
+    if trained is None:
+        trained = train_fewshot(experiment("protonet", fold=fold, seed=seed, progress=progress), progress=progress,
+                                source=source)
     torch.manual_seed(seed)
     untrained = build_model("protonet", backbone="smallcnn")
-    pretrained = build_model("protonet", **{**SYNTHETIC_BACKBONE, "weights": config.model_args["weights"]})
+    weights = pretrained_backbone(fold, progress=progress)
+    pretrained = build_model("protonet", **{**SYNTHETIC_BACKBONE, "weights": str(weights)})
     candidates = {"all-foreground": AllForeground(), "protonet, random backbone": untrained,
                   "protonet, pre-trained backbone": pretrained, "protonet, episodic training": trained}
     return pd.concat([evaluate(model, source, fold, protocol, method=name, device=device, progress=progress)

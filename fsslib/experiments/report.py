@@ -13,6 +13,7 @@ dataset, shown for the direction and size of effects, not for comparison of valu
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from ..analysis.plotting import overlay, save_figure
 from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
 from ..engine.protocol import interval95, with_interval
-from ..engine.trainer import read_log, to_device
+from ..engine.trainer import read_log, runs_dir, to_device
 from ..models import build_model
 from ..reference import published
 from .ablation import (ablation_table, format_ablation, per_training_seed, run_ablation, train_config, train_variant,
@@ -73,14 +74,14 @@ def paper_value(table_key: str, variant, shot: int) -> str:
 
 
 # ---------------------------------------------------------------------- collecting
-def table_rows(table, profile) -> pd.DataFrame:
+def table_rows(table, profile, progress: bool = False) -> pd.DataFrame:
     """The IoU rows of every row of ``table`` over the profile's folds and seeds (from stored evaluations)."""
     from .reproduce import evaluations_dir, protocol_of
 
     frames = []
     for fold in profile.folds:
         rows = run_ablation(table.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
-                            results=evaluations_dir(profile), progress=False,
+                            results=evaluations_dir(profile), progress=progress,
                             recipe_args=profile.recipe, benchmark=profile.benchmark)
         frames.append(rows)
     return pd.concat(frames, ignore_index=True)
@@ -189,8 +190,12 @@ def ablation_markdown(rows: pd.DataFrame, table) -> str:
 
 
 # ---------------------------------------------------------------------- figures
-def figure_name(profile, name: str) -> str:
-    return name if profile.name == "default" else f"{profile.name}_{name}"
+def figures_of(profile) -> Path:
+    """Where ``reproduce`` draws: the committed ``figures/`` for the default profile
+    (``$FSSLIB_FIGURES`` in the tests), ``figures/<profile>/`` for the others (``fast/`` is ignored
+    by git: a smoke run never overwrites a committed figure)."""
+    root = Path(os.environ.get("FSSLIB_FIGURES") or runs_dir().parent / "figures")
+    return root if profile.name == "default" else root / profile.name
 
 
 def bar_chart(rows: pd.DataFrame, table, profile) -> Path:
@@ -215,7 +220,7 @@ def bar_chart(rows: pd.DataFrame, table, profile) -> Path:
     fig.suptitle(f"{table.title}  (blue: resolved vs its reference, orange: not resolved, grey: reference)",
                  fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, figure_name(profile, f"table_{table.key}.png"), close=True)
+    return save_figure(fig, f"table_{table.key}.png", close=True, folder=figures_of(profile))
 
 
 def learning_curves(table, profile) -> Path:
@@ -235,7 +240,7 @@ def learning_curves(table, profile) -> Path:
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, figure_name(profile, "learning_curves.png"), close=True)
+    return save_figure(fig, "learning_curves.png", close=True, folder=figures_of(profile))
 
 
 @torch.inference_mode()
@@ -267,7 +272,7 @@ def qualitative(table, profile, source, n: int = 4) -> Path:
     fig.suptitle(f"the same test episodes for every method (fold {profile.folds[0]}, 1-shot, seed {profile.seeds[0]})",
                  fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, figure_name(profile, "qualitative_predictions.png"), close=True)
+    return save_figure(fig, "qualitative_predictions.png", close=True, folder=figures_of(profile))
 
 
 # ---------------------------------------------------------------------- all of it
@@ -312,6 +317,9 @@ def write_report(profile, source) -> Path:
     else:
         changes = f" with {describe_recipe(profile.recipe)}" if profile.recipe else ""
         setting, paper = f"{profile.benchmark}, the papers' recipes{changes}", PAPER_NOTE
+    if profile.name == "fast":  # the tests' plumbing check: its numbers must never be read as results
+        setting = ("**Smoke test, the numbers mean nothing**: the fast mode's recipe (6 steps x 2 episodes) on "
+                   "the tiny benchmark, 0.0 rows included; it checks that every stage runs. Synthetic benchmark")
     parts = [f"# Results of `python -m fsslib reproduce --profile {profile.name}`", "",
              f"{setting}; fold(s) {list(profile.folds)}, training seeds {list(profile.seeds)}; "
              f"{profile.episodes} test episodes per shot (identical for every method). mIoU: class-wise accumulated "

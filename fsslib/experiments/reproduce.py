@@ -39,6 +39,7 @@ from ..data import (DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, ev
 from ..data.summary import fold_summary, split_sizes
 from ..engine.protocol import EvalProtocol
 from ..engine.trainer import runs_dir
+from ..runtime import fast_mode
 from .ablation import Variant, _slug, run_ablation
 
 
@@ -93,6 +94,43 @@ def evaluations_dir(profile: Profile) -> Path:
     """Where the evaluation of each run is stored for reuse: working state beside the runs (never
     committed), so that a fresh clone trains and evaluates everything; ``results/`` holds the outputs."""
     return runs_dir() / "evaluations" / profile.name
+
+
+def notebook_profile() -> Profile:
+    """The profile a notebook follows: ``fast`` in fast mode (the tests), else ``default``. A
+    notebook trains the profile's runs (the same folders as ``make reproduce``, so either reuses
+    the other's) and shows the profile's stored tables."""
+    return PROFILES["fast" if fast_mode() else "default"]
+
+
+def stored_rows(key: str, profile: Profile) -> pd.DataFrame | None:
+    """``results/<key>.csv`` as ``reproduce --profile <profile>`` wrote it (committed for the
+    default profile), or None. A read-only reference: it is shown, never used in place of a run."""
+    path = results_root(profile) / f"{key}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def stored_or_computed(keys: list[str], profile: Profile, recompute: bool = False) -> pd.DataFrame:
+    """IoU rows of the tables ``keys``: the stored ones unless ``recompute`` (or none are stored),
+    else trained and evaluated here, with the profile's recipe and protocol (and reused afterwards).
+    Says which it did and what recomputing costs."""
+    chosen = [t for t in tables() if t.key in keys]
+    runs = {(_slug(v, profile.recipe), seed, fold) for t in chosen for v in t.variants if not v.trained_as
+            for seed in profile.seeds for fold in profile.folds}
+    stored = None if recompute else [stored_rows(key, profile) for key in keys]
+    if stored is not None and all(rows is not None for rows in stored):
+        print(f"Stored results of `make reproduce` (profile {profile.name}): "
+              f"{', '.join(f'results/{k}.csv' for k in keys)}, read-only. recompute=True (RECOMPUTE = True in a "
+              f"notebook) trains and evaluates the {len(runs)} runs here instead (about a minute each on a 2-core "
+              "CPU; runs that `make reproduce` or an earlier recompute left in runs/ are reused).")
+        rows = pd.concat(stored, ignore_index=True)
+        return rows.drop_duplicates(["method", "fold", "shot", "train_seed", "seed", "class"], ignore_index=True)
+    from .report import table_rows
+
+    print(f"Training and evaluating {len(runs)} runs (profile {profile.name}; finished ones are reused)")
+    frames = [table_rows(t, profile, progress=True) for t in chosen]
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["method", "fold", "shot", "train_seed", "seed", "class"],
+                                                                ignore_index=True)
 
 
 # ---------------------------------------------------------------------- the tables
@@ -230,7 +268,7 @@ def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[
     """Run the whole pipeline of ``profile_name`` (None: :func:`default_profile_name`); returns
     the failures (also printed)."""
     from ..engine.pretrain import pretrained_backbone
-    from .report import write_report
+    from .report import figures_of, write_report
 
     chosen = profile_name is None
     profile_name = default_profile_name() if chosen else profile_name
@@ -250,7 +288,7 @@ def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[
         print(f"classes: {source.num_classes} = 5 shapes x 4 appearances")
         print("images per split:", ", ".join(f"{k} {v}" for k, v in split_sizes(source).items()))
         print(fold_summary(source).to_string())
-        print(f"wrote {save_figure(draw_example_episodes(source), 'episodes.png', close=True)}")
+        print(f"wrote {save_figure(draw_example_episodes(source), 'episodes.png', close=True, folder=figures_of(profile))}")
         for fold in profile.folds:
             pretrained_backbone(fold, 0, progress=True)
         print(f"pre-trained backbones ready ({time.perf_counter() - start:.0f} s)")

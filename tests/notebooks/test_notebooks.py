@@ -32,7 +32,7 @@ def test_notebook_runs_in_fast_mode(path, synthetic_source, tmp_path, monkeypatc
     monkeypatch.delenv("MPLBACKEND", raising=False)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    figures = list((tmp_path / "figures").glob("*.png"))
+    figures = list((tmp_path / "figures").rglob("*.png"))
     assert figures or "save_figure" not in path.read_text(), f"{path.name} saved no figure"
     shown = sum("image/png" in output.get("data", {}) for cell in nb.cells for output in cell.get("outputs", []))
     if figures:  # a figure the notebook saves is one it draws, and it must show in the notebook too
