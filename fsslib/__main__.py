@@ -125,6 +125,8 @@ def command_train(args) -> None:
         recipe, run_dir = experiment(args.config), args.run_dir
         config = TrainConfig.from_dict(override_train_values(vars(recipe), overrides))
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
+    if distributed.is_main():
+        print(f"run folder {run_dir} (an interrupted run resumes there)", flush=True)
     train_fewshot(config, run_dir)
     if distributed.is_main():
         print(f"finished {run_dir}")
