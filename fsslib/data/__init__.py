@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..runtime import fast_mode
 from .coco import COCOSource
-from .episodes import (Episode, EpisodeDataset, EpisodePool, collate_episodes, episode_mask, load_episodes,
-                       sample_episodes, save_episodes)
+from .episodes import (Episode, EpisodeDataset, EpisodePool, collate_episodes, episode_mask, first_shots,
+                       load_episodes, oracle_episode, paired_episodes, sample_episodes, save_episodes)
 from .folds import BENCHMARKS, base_classes, fold_classes, synthetic_class_name
 from .fss1000 import FSS1000Source
 from .sources import EXCLUDED, IGNORE, DatasetError, Pair, SegmentationSource, VOCLayoutSource, data_root
@@ -69,6 +69,7 @@ __all__ = [
     "COCOSource", "DatasetError", "Episode", "EpisodeDataset", "EpisodePool", "FSS1000Source", "Pair",
     "SegmentationSource", "SyntheticConfig", "SyntheticSource", "VOCLayoutSource",
     "base_classes", "build_source", "collate_episodes", "data_root", "dataset_dir", "denormalise", "episode_mask",
-    "fold_classes", "generate", "load_episodes", "prepare_synthetic", "sample_episodes", "save_episodes",
+    "first_shots", "fold_classes", "generate", "load_episodes", "oracle_episode", "paired_episodes",
+    "prepare_synthetic", "sample_episodes", "save_episodes",
     "synthetic_class_name", "synthetic_config", "eval_transform", "train_transform", "weak_annotation",
 ]

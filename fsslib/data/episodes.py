@@ -138,6 +138,33 @@ def sample_episodes(pool: EpisodePool, n: int, shot: int = 1, way: int = 1, seed
     return [pool.sample(rng, shot, way) for _ in range(n)]
 
 
+def first_shots(episode: Episode, shot: int) -> Episode:
+    """``episode`` with only the first ``shot`` supports of each way."""
+    if not 1 <= shot <= episode.shot:
+        raise ValueError(f"shot must be in 1..{episode.shot} for this episode, got {shot}")
+    k = episode.shot
+    supports = tuple(s for n in range(episode.way) for s in episode.supports[n * k:n * k + shot])
+    return Episode(episode.query, supports, episode.classes)
+
+
+def paired_episodes(pool: EpisodePool, n: int, shots: Sequence[int], way: int = 1,
+                    seed: int = 0) -> dict[int, list[Episode]]:
+    """One seeded list per shot on the same queries: drawn once at the largest shot, each list keeps
+    the first supports of every episode. The 1-shot support is the first of the K-shot supports,
+    so "K-shot minus 1-shot" is a difference on identical episodes (independent draws per shot
+    share almost no query: their difference mixes the shots' effect with the queries')."""
+    drawn = sample_episodes(pool, n, max(shots), way, seed)
+    return {shot: [first_shots(e, shot) for e in drawn] for shot in shots}
+
+
+def oracle_episode(episode: Episode) -> Episode:
+    """The query as its own support (its ground-truth mask the support mask): the ceiling of
+    prototype matching at the features' resolution, whatever the supports could show."""
+    if episode.way != 1:
+        raise ValueError(f"the oracle support is defined for 1-way episodes, got {episode.way}-way")
+    return Episode(episode.query, (episode.query,) * episode.shot, episode.classes)
+
+
 def episodes_to_json(episodes: Sequence[Episode]) -> str:
     rows = [{"query": e.query, "supports": list(e.supports), "classes": list(e.classes)} for e in episodes]
     return json.dumps(rows, separators=(",", ":"))

@@ -23,7 +23,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, sample_episodes
+from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, oracle_episode, paired_episodes, sample_episodes
 from ..data.episodes import Episode, episode_mask
 from ..data.folds import COCO_CONVENTIONS
 from ..data.weak import WEAK_ANNOTATIONS, weak_annotation
@@ -55,6 +55,15 @@ class EvalProtocol:
     support_annotation: str = "dense"
     #: Episodes per head call.
     batch_size: int = 32
+    #: One episode list for every shot, drawn at the largest shot, each shot keeping the first
+    #: supports (``data.paired_episodes``): "K-shot minus 1-shot" is then paired per episode.
+    #: False draws each shot's list on its own (the queries then differ between shots).
+    paired_shots: bool = False
+    #: "sampled" (the episode's supports) or "oracle" (the query as its own support, 1-way only).
+    supports: str = "sampled"
+    #: How K supports become one answer: "model" (the method's own rule, e.g. averaged prototypes)
+    #: or "logit_mean" (the mean of the K one-shot logits: a reference row for every method).
+    shot_fusion: str = "model"
 
     def __post_init__(self):
         """Reject a wrong type or value of any field, naming it, before a feature is computed."""
@@ -76,12 +85,26 @@ class EvalProtocol:
             raise ValueError(f"support_annotation must be one of {WEAK_ANNOTATIONS}, got {self.support_annotation!r}")
         if self.convention is not None and self.convention not in COCO_CONVENTIONS:
             raise ValueError(f"convention must be null or one of {COCO_CONVENTIONS}, got {self.convention!r}")
+        if not isinstance(self.paired_shots, bool):
+            raise ValueError(f"paired_shots must be true or false, got {self.paired_shots!r}")
+        if self.supports not in ("sampled", "oracle"):
+            raise ValueError(f"supports must be 'sampled' or 'oracle', got {self.supports!r}")
+        if self.shot_fusion not in ("model", "logit_mean"):
+            raise ValueError(f"shot_fusion must be 'model' or 'logit_mean', got {self.shot_fusion!r}")
+        if self.supports == "oracle" and self.way != 1:
+            raise ValueError(f"supports='oracle' (the query as its own support) needs way=1, got way={self.way}")
 
     def size(self, benchmark: str) -> int:
         return self.image_size or DEFAULT_SIZES[benchmark]
 
     def episode_lists(self, pool: EpisodePool, shot: int) -> dict[int, list[Episode]]:
-        return {seed: sample_episodes(pool, self.episodes, shot, self.way, seed) for seed in self.seeds}
+        """``{seed: episodes}`` of ``shot``."""
+        shots = sorted({*self.shots, shot})
+        lists = {seed: paired_episodes(pool, self.episodes, shots, self.way, seed)[shot] if self.paired_shots
+                 else sample_episodes(pool, self.episodes, shot, self.way, seed) for seed in self.seeds}
+        if self.supports == "oracle":
+            lists = {seed: [oracle_episode(e) for e in episodes] for seed, episodes in lists.items()}
+        return lists
 
 
 class AllForeground(nn.Module):
@@ -144,8 +167,17 @@ def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protoco
     if protocol.support_annotation != "dense":
         support_masks = torch.stack([torch.stack([weak_annotation(m, protocol.support_annotation, rng) for m in ms])
                                      for ms in support_masks])
-    output = model.head(query_feats, support_feats, support_masks.to(device), way, (size, size))
-    logits = output["logits"].float()
+    support_masks = support_masks.to(device)
+    shot = episodes[0].shot
+    if protocol.shot_fusion == "logit_mean" and shot > 1:
+        logits = 0
+        for k in range(shot):  # the k-th support of every way (supports are way-major)
+            chosen = [n * shot + k for n in range(way)]
+            one_shot = model.head(query_feats, {name: f[:, chosen] for name, f in support_feats.items()},
+                                  support_masks[:, chosen], way, (size, size))
+            logits = logits + one_shot["logits"].float() / shot
+    else:
+        logits = model.head(query_feats, support_feats, support_masks, way, (size, size))["logits"].float()
     class_ids = torch.tensor([e.classes for e in episodes]).squeeze(1) if way == 1 else \
         torch.tensor([e.classes for e in episodes])
     if protocol.labels == "resized":

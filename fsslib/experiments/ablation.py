@@ -217,6 +217,22 @@ def ablation_table(rows: pd.DataFrame, reference: str | dict[str, str]) -> pd.Da
     return pd.DataFrame(out)
 
 
+def shot_gain_table(rows: pd.DataFrame, low: int = 1, high: int = 5) -> pd.DataFrame:
+    """``high``-shot minus ``low``-shot mIoU of every method, paired per training seed, with its
+    95% interval. Only meaningful on shot-paired episodes (``EvalProtocol(paired_shots=True)``:
+    the same queries, the ``low``-shot supports the first of the ``high``-shot ones)."""
+    scores = per_training_seed(rows)
+    out = []
+    for (method, fold), group in scores.groupby(["method", "fold"], sort=False):
+        by_shot = group.pivot(index="train_seed", columns="shot", values="miou")
+        if low not in by_shot or high not in by_shot:
+            continue
+        diff, half = interval95((by_shot[high] - by_shot[low]).dropna())
+        out.append(dict(method=method, fold=fold, comparison=f"{high}-shot minus {low}-shot", seeds=len(by_shot),
+                        diff=diff, diff_ci95=half, resolved=bool(abs(diff) > half)))
+    return pd.DataFrame(out)
+
+
 def format_ablation(table: pd.DataFrame) -> str:
     """Markdown table: mIoU ± interval, difference to the reference ± interval, resolved or not."""
     lines = ["| variant | shot | seeds | mIoU | vs reference | |", "|---|---|---|---|---|---|"]
