@@ -8,6 +8,7 @@
     python -m fsslib reproduce [--profile fast|default|full|gpu|pascal5i|coco20i]
     python -m fsslib collapse [--seeds 0,1,2,3,4] [--jobs 2]
     python -m fsslib doctor [--device cpu|cuda]
+    python -m fsslib benchmark-report [--fold F] [--episodes N] [--seeds 0,1,2]
 
 ``key=value`` sets a field of the training config (``model_args.scale=10`` a model field) or,
 for ``eval``/``baselines``, of the evaluation protocol (``episodes=500 seeds=0,1 shots=1,5``).
@@ -227,6 +228,15 @@ def command_collapse(args) -> None:
     print(f"wrote {path}")
 
 
+def command_benchmark_report(args) -> None:
+    from .experiments.benchmark_report import format_report, measure
+
+    seeds = parse_seeds(args.seeds)
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be an int >= 1, got {args.episodes}")
+    print(format_report(*measure(args.fold, args.episodes, seeds)))
+
+
 def command_doctor(args) -> int:
     import torch
 
@@ -296,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     collapse.add_argument("--seeds", default="0,1,2,3,4", help="training seeds")
     collapse.add_argument("--jobs", type=int, default=2)
     collapse.add_argument("--episodes", type=int, default=300, help="1-shot test episodes")
+    report = commands.add_parser("benchmark-report", help="the properties the synthetic benchmark must have "
+                                 "(colour does not identify a class, headroom, more shots help), measured")
+    report.add_argument("--fold", type=int, default=0, choices=range(4))
+    report.add_argument("--episodes", type=int, default=1000, help="test episodes per evaluation seed")
+    report.add_argument("--seeds", default="0,1,2", help="evaluation seeds")
     doctor = commands.add_parser("doctor", help="check this machine: every method's train -> interrupt -> "
                                  "resume -> evaluate cycle, mixed precision, torch.compile")
     doctor.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -311,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")  # commands write figures to files and never need a display
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
                 "baselines": command_baselines, "ablation": command_ablation, "bench": command_bench,
-                "collapse": command_collapse, "doctor": command_doctor}
+                "collapse": command_collapse, "doctor": command_doctor,
+                "benchmark-report": command_benchmark_report}
     try:
         if args.command == "reproduce":
             from .experiments.reproduce import reproduce

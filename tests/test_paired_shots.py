@@ -92,3 +92,32 @@ def test_shot_gain_is_paired_per_training_seed():
     assert table.comparison.item() == "5-shot minus 1-shot" and table.seeds.item() == 3
     assert table["diff"].item() == pytest.approx(np.mean([6, 3, 7]))
     assert bool(table.resolved.item())
+
+
+def test_raw_colour_prototype_segments_by_colour_alone():
+    from fsslib.experiments.benchmark_report import RawColourPrototype
+
+    image = torch.zeros(1, 3, 64, 64)
+    image[:, 2] = 2.0                              # a blue background
+    image[:, :, :32] = torch.tensor([2.0, 0.0, 0.0])[:, None, None]  # and a red top half, the object
+    model = RawColourPrototype()
+    feats = model.extract(image)
+    mask = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    mask[..., :32, :] = 1
+    logits = model.head(feats, {k: v[:, None] for k, v in feats.items()}, mask, 1, (64, 64))["logits"]
+    agree = (logits.argmax(1)[0] == mask[0, 0]).float().mean()
+    assert agree > 0.95  # all but the bilinear seam between the two 8 x 8 cell rows
+
+
+def test_benchmark_report_prints_every_property(synthetic_source, tmp_path, monkeypatch, capsys):
+    from fsslib.__main__ import main
+
+    monkeypatch.setenv("FSSLIB_DATA", str(synthetic_source.root.parent))
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FSSLIB_FAST", "1")
+    assert main(["benchmark-report", "--episodes", "6", "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("colour does not identify the class", "headroom", "more shots help the baseline",
+                 "every factor matters"):
+        assert f"| {name} |" in out
+    assert "oracle" in out and "raw-RGB prototype" in out and "not measurable" in out

@@ -1,0 +1,111 @@
+"""``python -m fsslib benchmark-report``: properties the synthetic benchmark itself must have.
+
+They are about the data, not about any method, and are measured with predictors that have no
+method in them beyond prototype matching (issue "Benchmark v3", ``docs/benchmark-v3-plan.md``):
+
+1. colour does not identify the class: a prototype of the raw RGB values scores within 10 mIoU
+   of labelling everything foreground;
+2. headroom: the trained ProtoNet at 1 shot is at least 10 mIoU below the oracle (the query's own
+   mask as its support: the ceiling of prototype matching at the features' resolution);
+3. more shots help the baseline: ProtoNet's 5-shot minus 1-shot on shot-paired episodes is at
+   least +3 mIoU and resolved;
+4. every recorded factor moves ProtoNet's IoU by at least 5 points between its worst and best bin
+   (needs per-object factor records, which only the v3 generator writes).
+
+Intervals are over evaluation seeds of one trained ProtoNet (the default recipe's training seed 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import build_source
+from ..engine.protocol import AllForeground, EvalProtocol, evaluate, interval95, per_seed, with_interval
+from ..models.ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
+from ..runtime import fast_mode
+from .ablation import train_variant
+from .reproduce import PROFILES
+
+
+class RawColourPrototype(nn.Module):
+    """ProtoNet on the image itself: normalised RGB averaged over 8 x 8 cells (the stride of the
+    methods' features), masked average pooling, cosine x 20. What colour alone can segment."""
+
+    feature_stages = ("rgb",)
+    stride = 8
+
+    def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"rgb": F.avg_pool2d(images, self.stride)}
+
+    def head(self, query_feats, support_feats, support_masks, way, out_size):
+        if way != 1:
+            raise ValueError(f"RawColourPrototype is 1-way, got way={way}")
+        supports = support_feats["rgb"].flatten(0, 1)  # [B*K, 3, h, w]
+        masks = support_masks.flatten(0, 1)
+        shots = support_masks.shape[1]
+        prototypes = torch.stack([masked_average_pooling(supports, rule(masks), "upsample_features")
+                                  .unflatten(0, (-1, shots)).mean(1)
+                                  for rule in (lambda m: background_mask(m, "not_foreground"), foreground_mask)], 1)
+        logits = cosine_logits(query_feats["rgb"], prototypes, 20.0)
+        return {"logits": resize_to(logits, out_size, "bilinear", align_corners=False)}
+
+
+@dataclass
+class Property:
+    name: str
+    measured: str
+    rule: str
+    holds: bool | None  # None: not measurable on this benchmark
+
+
+def measure(fold: int = 0, episodes: int = 1000, seeds: tuple[int, ...] = (0, 1, 2), progress: bool = True
+            ) -> tuple[pd.DataFrame, list[Property]]:
+    """Score the reference predictors on shot-paired episodes; returns (per-seed scores, properties)."""
+    from .tables.main import PROTONET
+
+    source = build_source("synthetic")
+    protocol = EvalProtocol(episodes=episodes, seeds=seeds, shots=(1, 5), paired_shots=True)
+    profile = PROFILES["fast" if fast_mode() else "default"]  # the runs of `make reproduce`
+    protonet = train_variant(PROTONET, fold, 0, progress=progress, recipe_args=profile.recipe)
+    caches: dict = {}
+    rows = pd.concat([
+        evaluate(AllForeground(), source, fold, replace(protocol, shots=(1,)), method="all-foreground"),
+        evaluate(RawColourPrototype(), source, fold, protocol, method="raw-RGB prototype"),
+        evaluate(protonet, source, fold, protocol, method="ProtoNet", caches=caches, progress=progress),
+        evaluate(protonet, source, fold, replace(protocol, shots=(1,), supports="oracle"), method="oracle",
+                 caches=caches),
+    ], ignore_index=True)
+    scores = per_seed(rows).pivot(index="seed", columns=["method", "shot"], values="miou")
+
+    def gap(a, b):
+        mean, half = interval95(scores[a] - scores[b])
+        return mean, half, with_interval(mean, half, sign=True)
+
+    colour, _, colour_text = gap(("raw-RGB prototype", 1), ("all-foreground", 1))
+    headroom, _, headroom_text = gap(("oracle", 1), ("ProtoNet", 1))
+    shots, shots_half, shots_text = gap(("ProtoNet", 5), ("ProtoNet", 1))
+    properties = [
+        Property("colour does not identify the class", f"raw-RGB prototype minus all-foreground {colour_text}",
+                 "<= +10", colour <= 10),
+        Property("headroom", f"oracle minus ProtoNet 1-shot {headroom_text}", ">= +10", headroom >= 10),
+        Property("more shots help the baseline", f"ProtoNet 5-shot minus 1-shot (paired) {shots_text}",
+                 ">= +3, resolved", shots >= 3 and shots - shots_half > 0),
+        Property("every factor matters", "needs per-object factor records (the v3 generator)",
+                 ">= 5 points between worst and best bin", None),
+    ]
+    return scores, properties
+
+
+def format_report(scores: pd.DataFrame, properties: list[Property]) -> str:
+    means = scores.mean().round(1)
+    lines = ["mIoU, mean over evaluation seeds (shot-paired episodes):"]
+    lines += [f"  {method:20s} {shot}-shot {value:5.1f}" for (method, shot), value in means.items()]
+    lines += ["", "| property | measured | rule | holds |", "|---|---|---|---|"]
+    for p in properties:
+        holds = "not measurable" if p.holds is None else ("yes" if p.holds else "NO")
+        lines.append(f"| {p.name} | {p.measured} | {p.rule} | {holds} |")
+    return "\n".join(lines)
