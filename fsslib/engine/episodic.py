@@ -59,7 +59,8 @@ def config_digest(config: TrainConfig) -> str:
 
 def default_run_dir(config: TrainConfig) -> Path:
     """``runs/<model>-<benchmark>-fold<f>-seed<s>-<digest>``: where a run goes when no directory is given."""
-    return runs_dir() / f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}-{config_digest(config)}"
+    name = f"{config.model}-{config.benchmark}-fold{config.fold}-seed{config.seed}-{config_digest(config)}"
+    return runs_dir() / name
 
 
 def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,

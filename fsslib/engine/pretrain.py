@@ -90,13 +90,13 @@ def pretrain_run_dir(config: TrainConfig) -> Path:
 
 
 def pretrained_backbone(fold: int = 0, seed: int = 0, benchmark: str = "synthetic", backbone: str = "smallcnn",
-                        progress: bool = True, **overrides) -> Path:
+                        **overrides) -> Path:
     """Path of the pre-trained backbone weights of ``(fold, seed)``, training them on first use.
 
-    The first use is the first long wait of a fresh clone, so it is announced (what, why, how long)
-    and shown with a progress bar even where the caller asked for quiet training (``progress``
-    only silences the finished-run case). A second process that needs the same backbone meanwhile
-    (a second notebook) waits for the first one with a message.
+    The first use is the first long wait of a fresh clone, so it is always announced (what, why,
+    how long) and shown with a progress bar, also inside a caller that trains quietly. A second
+    process that needs the same backbone meanwhile (a second notebook) waits for the first one
+    with a message.
     """
     config = pretrain_config(fold, seed, benchmark, backbone, **overrides)
     run_dir = pretrain_run_dir(config)
@@ -142,5 +142,6 @@ def learning_curve(run_dir: Path, every: int = 100):
 
     log = pd.read_csv(Path(run_dir) / "log.csv")
     window = (log["step"] - 1) // every
-    return pd.DataFrame({"steps": [f"{w * every + 1}-{min((w + 1) * every, int(log.step.max()))}" for w in sorted(set(window))],
+    last = int(log.step.max())
+    return pd.DataFrame({"steps": [f"{w * every + 1}-{min((w + 1) * every, last)}" for w in sorted(set(window))],
                          "ce": log.groupby(window)["ce"].mean().round(3).tolist()})

@@ -77,7 +77,8 @@ def variant_run_dir(variant: Variant, fold: int, seed: int, pretrain_seed: int =
     """Where the training run of ``variant`` for one seed lives."""
     if benchmark != "synthetic":  # ImageNet weights, no pre-training seed
         return runs_dir() / "ablation" / benchmark / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}"
-    return runs_dir() / "ablation" / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}"
+    name = f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}"
+    return runs_dir() / "ablation" / name
 
 
 def results_dir(name: str) -> Path:
@@ -85,14 +86,13 @@ def results_dir(name: str) -> Path:
     return runs_dir().parent / "results" / name
 
 
-def train_config(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False,
-                 recipe_args: dict | None = None, benchmark: str = "synthetic", source=None) -> TrainConfig:
+def train_config(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, recipe_args: dict | None = None,
+                 benchmark: str = "synthetic", source=None) -> TrainConfig:
     """The TrainConfig of ``variant``: the benchmark's recipe, then ``recipe_args`` (a profile's
     changes, see :func:`method_recipe`; their ``model_args`` are merged into the model's), then
     the variant's ``train_args``."""
     if benchmark == "synthetic":
-        config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, progress=progress,
-                                  **variant.model_args)
+        config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, **variant.model_args)
     else:
         config = real_data_recipe(variant.model, benchmark, fold=fold, seed=seed, source=source, **variant.model_args)
     recipe = method_recipe(recipe_args, variant.model)
@@ -103,7 +103,7 @@ def train_config(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0,
 def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0, progress: bool = False,
                   recipe_args: dict | None = None, benchmark: str = "synthetic", source=None):
     """Train (or load) ``variant`` for one training seed; returns the model."""
-    config = train_config(variant, fold, seed, pretrain_seed, progress, recipe_args, benchmark, source)
+    config = train_config(variant, fold, seed, pretrain_seed, recipe_args, benchmark, source)
     return train_fewshot(config, variant_run_dir(variant, fold, seed, pretrain_seed, recipe_args, benchmark),
                          progress=progress, source=source)
 

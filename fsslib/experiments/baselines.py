@@ -27,11 +27,10 @@ def baseline_rows(fold: int = 0, seed: int = 0, protocol: EvalProtocol = EvalPro
     notebook's shorter run); None trains (or loads) the standard recipe's run of ``(fold, seed)``."""
     source = build_source("synthetic")
     if trained is None:
-        trained = train_fewshot(experiment("protonet", fold=fold, seed=seed, progress=progress), progress=progress,
-                                source=source)
+        trained = train_fewshot(experiment("protonet", fold=fold, seed=seed), progress=progress, source=source)
     torch.manual_seed(seed)
     untrained = build_model("protonet", backbone="smallcnn")
-    weights = pretrained_backbone(fold, progress=progress)
+    weights = pretrained_backbone(fold)
     pretrained = build_model("protonet", **{**SYNTHETIC_BACKBONE, "weights": str(weights)})
     candidates = {"all-foreground": AllForeground(), "protonet, random backbone": untrained,
                   "protonet, pre-trained backbone": pretrained, "protonet, episodic training": trained}

@@ -26,9 +26,8 @@ from torch import nn
 from ..data import build_source
 from ..engine.protocol import AllForeground, EvalProtocol, evaluate, interval95, per_seed, with_interval
 from ..models.ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
-from ..runtime import fast_mode
 from .ablation import train_variant
-from .reproduce import PROFILES
+from .reproduce import notebook_profile
 
 
 class RawColourPrototype(nn.Module):
@@ -69,8 +68,8 @@ def measure(fold: int = 0, episodes: int = 1000, seeds: tuple[int, ...] = (0, 1,
 
     source = build_source("synthetic")
     protocol = EvalProtocol(episodes=episodes, seeds=seeds, shots=(1, 5), paired_shots=True)
-    profile = PROFILES["fast" if fast_mode() else "default"]  # the runs of `make reproduce`
-    protonet = train_variant(PROTONET, fold, 0, progress=progress, recipe_args=profile.recipe)
+    # The main table's ProtoNet run of `make reproduce` on a CPU (the notebooks' run too).
+    protonet = train_variant(PROTONET, fold, 0, progress=progress, recipe_args=notebook_profile().recipe)
     caches: dict = {}
     rows = pd.concat([
         evaluate(AllForeground(), source, fold, replace(protocol, shots=(1,)), method="all-foreground"),

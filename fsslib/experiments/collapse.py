@@ -80,7 +80,7 @@ def run_study(seeds=(0, 1, 2, 3, 4), jobs: int = 2, episodes: int = 300, candida
     from .reproduce import DEFAULT_RECIPE
 
     prepare_synthetic()
-    pretrained_backbone(0, 0, progress=True)  # once, before the workers need it
+    pretrained_backbone(0, 0)  # once, before the workers need it
 
     recipe = DEFAULT_RECIPE if recipe is None else recipe
     protocol = EvalProtocol(episodes=episodes, seeds=(0,), shots=(1,))

@@ -44,10 +44,9 @@ def synthetic_model_args(model: str) -> dict:
     return {**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(model, {}), **METHOD_HEAD.get(model, {})}
 
 
-def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, progress: bool = True,
-                     **model_args) -> TrainConfig:
+def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, **model_args) -> TrainConfig:
     """AdamW 5e-4 with a cosine schedule, 1000 steps x 8 one-shot episodes, from the pre-trained backbone."""
-    weights = pretrained_backbone(fold, pretrain_seed, progress=progress)
+    weights = pretrained_backbone(fold, pretrain_seed)
     steps, batch = (6, 2) if fast_mode() else (1000, 8)
     model_args = {**synthetic_model_args(model), "weights": str(weights), **model_args}
     return TrainConfig(model=model, model_args=model_args,

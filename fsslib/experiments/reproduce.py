@@ -123,14 +123,15 @@ def stored_or_computed(keys: list[str], profile: Profile, recompute: bool = Fals
               f"{', '.join(f'results/{k}.csv' for k in keys)}, read-only. recompute=True (RECOMPUTE = True in a "
               f"notebook) trains and evaluates the {len(runs)} runs here instead (about a minute each on a 2-core "
               "CPU; runs that `make reproduce` or an earlier recompute left in runs/ are reused).")
-        rows = pd.concat(stored, ignore_index=True)
-        return rows.drop_duplicates(["method", "fold", "shot", "train_seed", "seed", "class"], ignore_index=True)
-    from .report import table_rows
+        frames = stored
+    else:
+        from .report import table_rows
 
-    print(f"Training and evaluating {len(runs)} runs (profile {profile.name}; finished ones are reused)")
-    frames = [table_rows(t, profile, progress=True) for t in chosen]
-    return pd.concat(frames, ignore_index=True).drop_duplicates(["method", "fold", "shot", "train_seed", "seed", "class"],
-                                                                ignore_index=True)
+        print(f"Training and evaluating {len(runs)} runs (profile {profile.name}; finished ones are reused)")
+        frames = [table_rows(t, profile, progress=True) for t in chosen]
+    # A row shared by several tables (MSPF's full model) is in each of their CSVs.
+    rows = pd.concat(frames, ignore_index=True)
+    return rows.drop_duplicates(["method", "fold", "shot", "train_seed", "seed", "class"], ignore_index=True)
 
 
 # ---------------------------------------------------------------------- the tables
@@ -288,9 +289,10 @@ def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[
         print(f"classes: {source.num_classes} = 5 shapes x 4 appearances")
         print("images per split:", ", ".join(f"{k} {v}" for k, v in split_sizes(source).items()))
         print(fold_summary(source).to_string())
-        print(f"wrote {save_figure(draw_example_episodes(source), 'episodes.png', close=True, folder=figures_of(profile))}")
+        drawn = save_figure(draw_example_episodes(source), "episodes.png", close=True, folder=figures_of(profile))
+        print(f"wrote {drawn}")
         for fold in profile.folds:
-            pretrained_backbone(fold, 0, progress=True)
+            pretrained_backbone(fold, 0)
         print(f"pre-trained backbones ready ({time.perf_counter() - start:.0f} s)")
     else:
         source = build_source(profile.benchmark)  # a missing or incomplete dataset is named here
