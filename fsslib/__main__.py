@@ -9,6 +9,7 @@
     python -m fsslib collapse [--seeds 0,1,2,3,4] [--jobs 2]
     python -m fsslib doctor [--device cpu|cuda]
     python -m fsslib benchmark-report [--fold F] [--episodes N] [--seeds 0,1,2]
+    python -m fsslib factors [--profile fast|default|full|gpu]
 
 ``key=value`` sets a field of the training config (``model_args.scale=10`` a model field) or,
 for ``eval``/``baselines``, of the evaluation protocol (``episodes=500 seeds=0,1 shots=1,5``).
@@ -237,6 +238,19 @@ def command_benchmark_report(args) -> None:
     print(format_report(*measure(args.fold, args.episodes, seeds)))
 
 
+def command_factors(args) -> None:
+    from .experiments.factors import FACTOR_COLUMNS, write_factors
+    from .experiments.reproduce import PROFILES, notebook_profile
+
+    profile = PROFILES[args.profile] if args.profile else notebook_profile()
+    csv, figure = write_factors(profile, progress=True)
+    import pandas as pd
+
+    table = pd.read_csv(csv)[FACTOR_COLUMNS]
+    print(table.to_string(index=False))
+    print(f"wrote {csv} and {figure}")
+
+
 def command_doctor(args) -> int:
     import torch
 
@@ -311,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--fold", type=int, default=0, choices=range(4))
     report.add_argument("--episodes", type=int, default=1000, help="test episodes per evaluation seed")
     report.add_argument("--seeds", default="0,1,2", help="evaluation seeds")
+    factors = commands.add_parser("factors", help="every main-table method's mIoU split by each factor the "
+                                  "synthetic benchmark records (trains and evaluates what is missing)")
+    factors.add_argument("--profile", choices=("fast", "default", "full", "gpu"),
+                         help="whose runs and protocol (default: the notebooks' profile, default or fast)")
     doctor = commands.add_parser("doctor", help="check this machine: every method's train -> interrupt -> "
                                  "resume -> evaluate cycle, mixed precision, torch.compile")
     doctor.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -327,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
                 "baselines": command_baselines, "ablation": command_ablation, "bench": command_bench,
                 "collapse": command_collapse, "doctor": command_doctor,
-                "benchmark-report": command_benchmark_report}
+                "benchmark-report": command_benchmark_report, "factors": command_factors}
     try:
         if args.command == "reproduce":
             from .experiments.reproduce import reproduce

@@ -61,7 +61,7 @@ def test_n_way_masks_exclude_the_other_classes_from_support_background():
 
 
 def test_n_way_items(val_pool):
-    episodes = sample_episodes(val_pool, 5, 1, way=2, seed=0)
+    episodes = sample_episodes(val_pool, 200, 1, way=2, seed=0)
     transform = eval_transform(128)
     dataset = EpisodeDataset(val_pool, transform, shot=1, way=2, episodes=episodes)
     excluded_pixels = 0

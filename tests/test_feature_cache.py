@@ -54,7 +54,11 @@ def test_cached_support_masks_code_n_way_supports_like_the_episode_dataset(synth
     from fsslib.data import EXCLUDED, EpisodeDataset, EpisodePool, eval_transform, sample_episodes
 
     pool = EpisodePool.for_fold(synthetic_source, 0, "val")
-    episodes = sample_episodes(pool, 4, shot=1, way=2, seed=0)
+    held = {(p.stem, p.class_id) for p in synthetic_source.index("val")}
+    # episodes whose supports also show the other way's class (hard negatives), so the check below bites
+    episodes = [e for e in sample_episodes(pool, 300, shot=1, way=2, seed=0)
+                if any((s, c) in held for s, c in zip(e.supports, reversed(e.classes)))][:4]
+    assert episodes
     stems = {s for e in episodes for s in (e.query, *e.supports)}
     cache = FeatureCache(_model(), synthetic_source, stems, 128, torch.device("cpu"))
     dataset = EpisodeDataset(pool, eval_transform(128), shot=1, way=2, episodes=episodes)

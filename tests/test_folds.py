@@ -1,7 +1,7 @@
 import pytest
 
 from fsslib.data import base_classes, fold_classes
-from fsslib.data.folds import SYNTHETIC_APPEARANCES, SYNTHETIC_SHAPES
+from fsslib.data.synthetic import THIN_CLASSES, class_modes, class_parts
 
 
 @pytest.mark.parametrize("benchmark,convention,n", [("pascal5i", None, 20), ("coco20i", "interleaved", 80),
@@ -20,16 +20,28 @@ def test_known_fold_members():
     assert fold_classes("coco20i", 1, "contiguous")[:3] == [21, 22, 23]
 
 
-def test_synthetic_folds_are_a_latin_square():
-    n_app = len(SYNTHETIC_APPEARANCES)
-    for f in range(4):
-        novel = fold_classes("synthetic", f)
-        pairs = [divmod(c - 1, n_app) for c in novel]
-        assert sorted(s for s, _ in pairs) == list(range(len(SYNTHETIC_SHAPES)))  # one class per shape
-        assert all((a - s) % 4 == f for s, a in pairs)
-        base = [divmod(c - 1, n_app) for c in base_classes("synthetic", f)]
-        for s, a in pairs:  # the novel combination's shape and appearance both occur among base classes
-            assert any(bs == s for bs, _ in base) and any(ba == a for _, ba in base)
+def test_synthetic_folds_are_contiguous_and_every_class_differs_in_structure():
+    assert fold_classes("synthetic", 3) == [16, 17, 18, 19, 20]
+    structures = {(parts[0].primitive, tuple(sorted(p.primitive for p in parts[1:])))
+                  for parts in map(class_parts, range(1, 21))}
+    assert len(structures) == 20  # no two classes share their parts: a class is its structure
+    for f in range(4):  # every fold tests at least one class with a thin part
+        assert set(fold_classes("synthetic", f)) & set(THIN_CLASSES)
+    for c in range(1, 21):
+        assert any(p.primitive == "thin" for p in class_parts(c)) == (c in THIN_CLASSES)
+        # an arrangement fits the unit circle, which the drawn extent scales
+        assert max(abs(complex(*p.offset)) + p.size for p in class_parts(c)) == pytest.approx(1.0)
+
+
+def test_colour_does_not_identify_a_synthetic_class():
+    """Appearance modes come from one shared palette: most palette entries serve several classes."""
+    owners: dict[int, set[int]] = {}
+    for c in range(1, 21):
+        assert len(set(class_modes(c))) == 3
+        for entry in class_modes(c):
+            owners.setdefault(entry, set()).add(c)
+    shared = sum(len(classes) > 1 for classes in owners.values())
+    assert shared >= len(owners) // 2
 
 
 @pytest.mark.parametrize("args,match", [(("voc", 0), "benchmark"), (("pascal5i", 4), "fold"),

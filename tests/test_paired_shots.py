@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fsslib.data import EpisodePool, first_shots, oracle_episode, paired_episodes, sample_episodes
+from fsslib.data import EpisodePool, first_shots, oracle_episode, sample_episodes
 from fsslib.engine.protocol import EvalProtocol, evaluate, per_seed
 from fsslib.experiments.ablation import shot_gain_table
+from fsslib.data.factors import FACTORS
 from fsslib.models import build_model
 
 
@@ -17,14 +18,18 @@ def pool(synthetic_source):
     return EpisodePool.for_fold(synthetic_source, 0, "val")
 
 
-def test_paired_lists_share_queries_and_extend_the_one_shot_support(pool):
-    lists = paired_episodes(pool, 40, (1, 5), seed=3)
+def test_lists_of_one_seed_share_queries_and_extend_the_one_shot_support(pool):
+    lists = {shot: sample_episodes(pool, 40, shot, seed=3) for shot in (1, 2, 5)}
     assert [e.query for e in lists[1]] == [e.query for e in lists[5]]
-    for one, five in zip(lists[1], lists[5]):
-        assert one.supports == five.supports[:1] and len(set(five.supports)) == 5 and one.query not in five.supports
-    # Drawn per shot, the 1-shot list's queries drift away from the 5-shot list's: what pairing removes.
-    independent = [e.query for e in sample_episodes(pool, 40, 1, seed=3)]
-    assert independent != [e.query for e in lists[5]]
+    for one, two, five in zip(lists[1], lists[2], lists[5]):
+        assert one.supports == five.supports[:1] and two.supports == five.supports[:2]
+        assert len(set(five.supports)) == 5 and one.query not in five.supports
+        assert first_shots(five, 1) == one
+    for shot in (1, 5):  # and the protocol's lists are those lists
+        assert EvalProtocol(episodes=40, seeds=(3,)).episode_lists(pool, shot)[3] == lists[shot]
+    two_way = {shot: sample_episodes(pool, 10, shot, way=2, seed=1) for shot in (1, 3)}
+    for one, three in zip(two_way[1], two_way[3]):
+        assert one == first_shots(three, 1)
 
 
 def test_first_shots_keeps_each_ways_first_supports(pool):
@@ -65,7 +70,7 @@ def test_logit_mean_is_the_mean_of_the_one_shot_logits(synthetic_source, pool, m
     seen = []
     original = protocol_module.hard_labels
     monkeypatch.setattr(protocol_module, "hard_labels", lambda logits: seen.append(logits.clone()) or original(logits))
-    protocol = EvalProtocol(episodes=6, seeds=(0,), shots=(3,), paired_shots=True, batch_size=6, labels="resized")
+    protocol = EvalProtocol(episodes=6, seeds=(0,), shots=(3,), batch_size=6, labels="resized")
     evaluate(model, synthetic_source, 0, replace(protocol, shot_fusion="logit_mean"))
     averaged = seen.pop()
     episodes = protocol.episode_lists(pool, 3)[0]
@@ -120,4 +125,6 @@ def test_benchmark_report_prints_every_property(synthetic_source, tmp_path, monk
     for name in ("colour does not identify the class", "headroom", "more shots help the baseline",
                  "every factor matters"):
         assert f"| {name} |" in out
-    assert "oracle" in out and "raw-RGB prototype" in out and "not measurable" in out
+    assert "oracle" in out and "raw-RGB prototype" in out
+    for factor in FACTORS:  # property 4 names every factor's best and worst bin
+        assert factor in out.split("| every factor matters |")[1]

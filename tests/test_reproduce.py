@@ -37,7 +37,9 @@ def test_reproduce_fast_writes_every_table_and_figure_and_reuses_finished_runs(i
             assert f"| {variant.name} |" in text, variant.name
         assert (results / f"{table.key}.csv").stat().st_size > 0
         assert (isolated / "figures" / "fast" / f"table_{table.key}.png").exists()
-    for figure in ("episodes.png", "learning_curves.png", "qualitative_predictions.png"):
+    assert "## Claims scorecard" in text and (results / "claims.csv").stat().st_size > 0
+    assert (results / "factors.csv").stat().st_size > 0
+    for figure in ("episodes.png", "learning_curves.png", "qualitative_predictions.png", "factors.png"):
         assert (isolated / "figures" / "fast" / figure).exists()
     assert not list((isolated / "figures").glob("*.png")), "the fast profile wrote over the default figures"
     assert "Smoke test, the numbers mean nothing" in text
@@ -113,5 +115,5 @@ def test_committed_tables_are_read_as_references_with_every_row(capsys, monkeypa
         result = ablation_table(rows, table.references)
         for variant in table.variants:
             row = result[result.method == variant.name]
-            assert set(row.shot) == set(profile.shots), variant.name
+            assert set(row.shot) == set(variant.protocol_args.get("shots", profile.shots)), variant.name
             assert (row.seeds == len(profile.seeds)).all(), variant.name

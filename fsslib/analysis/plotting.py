@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -81,3 +82,35 @@ def episode_grid(items: Sequence[dict], class_name: Callable[[int], str] = str, 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def factor_panels(breakdown, bins: dict[str, Sequence[str]], shot: int = 1) -> plt.Figure:
+    """One panel per factor: mIoU per bin for every method (a line each) with 95% intervals over
+    training seeds. ``breakdown``: rows ``(method, shot, factor, bin, miou, miou_ci95)``;
+    ``bins``: each factor's bins in order."""
+    factors = [f for f in bins if (breakdown.factor == f).any()]
+    cols = min(4, len(factors))
+    rows = (len(factors) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    chosen = breakdown[breakdown["shot"] == shot]
+    for ax, factor in zip(axes.flat, factors):
+        order = [b for b in bins[factor] if ((chosen.factor == factor) & (chosen.bin == b)).any()]
+        for method, group in chosen[chosen.factor == factor].groupby("method", sort=False):
+            group = group.set_index("bin").reindex(order)
+            ax.errorbar(range(len(order)), group["miou"], yerr=group["miou_ci95"].fillna(0), marker="o",
+                        capsize=3, label=method)
+        ax.set_xticks(range(len(order)), [textwrap_label(b) for b in order], fontsize=7)
+        ax.set_title(factor, fontsize=9)
+        ax.set_ylabel("mIoU")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(factors):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=8)
+    fig.suptitle(f"{shot}-shot mIoU by factor (95% intervals over training seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def textwrap_label(label: str, width: int = 12) -> str:
+    return "\n".join(textwrap.wrap(label, width))

@@ -15,17 +15,17 @@ from pathlib import Path
 from ..runtime import fast_mode
 from .coco import COCOSource
 from .episodes import (Episode, EpisodeDataset, EpisodePool, collate_episodes, episode_mask, first_shots,
-                       load_episodes, oracle_episode, paired_episodes, sample_episodes, save_episodes)
-from .folds import BENCHMARKS, base_classes, fold_classes, synthetic_class_name
+                       load_episodes, oracle_episode, sample_episodes, save_episodes)
+from .folds import BENCHMARKS, base_classes, fold_classes
 from .fss1000 import FSS1000Source
 from .sources import EXCLUDED, IGNORE, DatasetError, Pair, SegmentationSource, VOCLayoutSource, data_root
-from .synthetic import SyntheticConfig, SyntheticSource, generate
+from .synthetic import SyntheticConfig, SyntheticSource, generate, synthetic_class_name
 from .transforms import denormalise, eval_transform, train_transform
 from .weak import WEAK_ANNOTATIONS, weak_annotation
 
 #: Where each benchmark lives under the data root unless a root is given.
 DEFAULT_DIRS = {"pascal5i": "VOCdevkit/VOC2012", "coco20i": "COCO2014", "fss1000": "FSS-1000",
-                "synthetic": "synthetic"}
+                "synthetic": "synthetic-v3"}
 #: Network input size each benchmark is usually run at.
 DEFAULT_SIZES = {"pascal5i": 473, "coco20i": 473, "fss1000": 400, "synthetic": 128}
 
@@ -69,7 +69,7 @@ __all__ = [
     "COCOSource", "DatasetError", "Episode", "EpisodeDataset", "EpisodePool", "FSS1000Source", "Pair",
     "SegmentationSource", "SyntheticConfig", "SyntheticSource", "VOCLayoutSource",
     "base_classes", "build_source", "collate_episodes", "data_root", "dataset_dir", "denormalise", "episode_mask",
-    "first_shots", "fold_classes", "generate", "load_episodes", "oracle_episode", "paired_episodes",
+    "first_shots", "fold_classes", "generate", "load_episodes", "oracle_episode",
     "prepare_synthetic", "sample_episodes", "save_episodes",
     "synthetic_class_name", "synthetic_config", "eval_transform", "train_transform", "weak_annotation",
 ]

@@ -128,12 +128,19 @@ class EpisodePool:
                 raise DatasetError(
                     f"{self.source.benchmark} {self.split}: class {c} has {len(candidates)} support images "
                     f"besides the query, {shot} needed for {shot}-shot")
-            supports += [candidates[i] for i in rng.choice(len(candidates), size=shot, replace=False)]
+            # A prefix of a permutation: the random numbers drawn do not depend on ``shot``, so
+            # the K-shot episode extends the 1-shot one (same query, same first support).
+            supports += [candidates[i] for i in rng.permutation(len(candidates))[:shot]]
         return Episode(query, tuple(supports), tuple(int(c) for c in classes))
 
 
 def sample_episodes(pool: EpisodePool, n: int, shot: int = 1, way: int = 1, seed: int = 0) -> list[Episode]:
-    """A fixed, seeded list of test episodes: the same seed gives the same list on every machine."""
+    """A fixed, seeded list of test episodes: the same seed gives the same list on every machine.
+
+    Lists of one seed are paired across shots: the K-shot list has the 1-shot list's queries, and
+    each 1-shot support is the first of the K-shot supports (``first_shots``), so "K-shot minus
+    1-shot" is a difference on identical episodes.
+    """
     rng = np.random.default_rng(seed)
     return [pool.sample(rng, shot, way) for _ in range(n)]
 
@@ -145,16 +152,6 @@ def first_shots(episode: Episode, shot: int) -> Episode:
     k = episode.shot
     supports = tuple(s for n in range(episode.way) for s in episode.supports[n * k:n * k + shot])
     return Episode(episode.query, supports, episode.classes)
-
-
-def paired_episodes(pool: EpisodePool, n: int, shots: Sequence[int], way: int = 1,
-                    seed: int = 0) -> dict[int, list[Episode]]:
-    """One seeded list per shot on the same queries: drawn once at the largest shot, each list keeps
-    the first supports of every episode. The 1-shot support is the first of the K-shot supports,
-    so "K-shot minus 1-shot" is a difference on identical episodes (independent draws per shot
-    share almost no query: their difference mixes the shots' effect with the queries')."""
-    drawn = sample_episodes(pool, n, max(shots), way, seed)
-    return {shot: [first_shots(e, shot) for e in drawn] for shot in shots}
 
 
 def oracle_episode(episode: Episode) -> Episode:

@@ -10,10 +10,9 @@ test episode asks for one of them. All other classes are *base* classes, used fo
   in one of two conventions found in the literature:
   ``interleaved`` (fold ``i`` = ``4k + i + 1``; PFENet, HSNet, MSDNet; the default) and
   ``contiguous`` (fold ``i`` = ``20i+1 .. 20i+20``; PANet, SSP).
-- synthetic: 20 classes = 5 shapes x 4 appearances, class id ``1 + 4*shape + appearance``.
-  Fold ``f`` holds the classes with ``(appearance - shape) mod 4 == f``: a Latin square,
-  so every novel class combines a shape and an appearance that both occur among the
-  base classes of that fold.
+- synthetic: 20 classes (arrangements of parts, ``fsslib.data.synthetic``), fold ``i`` = ids
+  ``5i+1 .. 5i+5`` as in PASCAL-5i. Colour and texture come from a palette shared by all classes,
+  so a novel class is new only in its structure.
 """
 from __future__ import annotations
 
@@ -22,18 +21,6 @@ COCO_CONVENTIONS = ("interleaved", "contiguous")
 NUM_FOLDS = 4
 
 NUM_CLASSES = {"pascal5i": 20, "coco20i": 80, "synthetic": 20}
-
-SYNTHETIC_SHAPES = ("disc", "triangle", "star", "ring", "cross")
-SYNTHETIC_APPEARANCES = ("stripes", "dots", "checker", "blotches")
-
-
-def synthetic_class_id(shape: int, appearance: int) -> int:
-    return 1 + len(SYNTHETIC_APPEARANCES) * shape + appearance
-
-
-def synthetic_class_name(class_id: int) -> str:
-    shape, appearance = divmod(class_id - 1, len(SYNTHETIC_APPEARANCES))
-    return f"{SYNTHETIC_SHAPES[shape]}-{SYNTHETIC_APPEARANCES[appearance]}"
 
 
 def fold_classes(benchmark: str, fold: int, convention: str | None = None) -> list[int]:
@@ -48,7 +35,7 @@ def fold_classes(benchmark: str, fold: int, convention: str | None = None) -> li
     if convention is not None and benchmark != "coco20i":
         raise ValueError(f"convention applies to coco20i only, got convention={convention!r} for {benchmark}")
 
-    if benchmark == "pascal5i":
+    if benchmark in ("pascal5i", "synthetic"):
         return list(range(5 * fold + 1, 5 * fold + 6))
     if benchmark == "coco20i":
         convention = convention or "interleaved"
@@ -57,9 +44,7 @@ def fold_classes(benchmark: str, fold: int, convention: str | None = None) -> li
         if convention == "interleaved":
             return [4 * k + fold + 1 for k in range(20)]
         return list(range(20 * fold + 1, 20 * fold + 21))
-    # synthetic: one appearance per shape, shifted by the fold (Latin square).
-    n_app = len(SYNTHETIC_APPEARANCES)
-    return sorted(synthetic_class_id(s, (s + fold) % n_app) for s in range(len(SYNTHETIC_SHAPES)))
+    raise AssertionError(benchmark)  # unreachable: BENCHMARKS is checked above
 
 
 def base_classes(benchmark: str, fold: int, convention: str | None = None) -> list[int]:

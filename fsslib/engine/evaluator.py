@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Evaluator", "episode_iou"]
+__all__ = ["Evaluator", "episode_counts", "episode_iou"]
 
 
 class Evaluator:
@@ -187,9 +187,16 @@ def episode_iou(pred: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor
     Returns:
         float ``[B]`` on ``pred``'s device.
     """
-    pred, target, _ = _check_inputs(pred, target, None, ignore_index)
-    intersection, union = _intersection_union(pred == 1, target == 1, target != ignore_index)
+    intersection, union = episode_counts(pred, target, ignore_index)
     return 100.0 * _ratio(intersection, union)
+
+
+def episode_counts(pred: Tensor, target: Tensor, ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+    """Foreground ``(|P_e ∩ G_e|, |P_e ∪ G_e|)`` of each episode, 255 pixels excluded: int64 ``[B]``
+    each. Summed over a class's episodes they give that class's IoU of the official protocol, so
+    any subset of episodes (a factor's bin) has its own mIoU."""
+    pred, target, _ = _check_inputs(pred, target, None, ignore_index)
+    return _intersection_union(pred == 1, target == 1, target != ignore_index)
 
 
 def _intersection_union(pred: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:

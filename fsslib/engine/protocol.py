@@ -10,7 +10,9 @@ episodes are then assembled from cached features and only the method's head runs
 
 Results are rows ``(method, fold, shot, seed, class, intersection, union)``; class 0 holds the
 background and class -1 the (class-agnostic) foreground counts of FB-IoU. :func:`summarize` turns rows into mIoU and FB-IoU
-per seed, then a mean and a 95% t-interval over seeds.
+per seed, then a mean and a 95% t-interval over seeds. ``evaluate(..., episode_rows=[])`` also
+collects one row per 1-way episode (its query, supports, class and foreground counts): summed per
+class they give the same IoU, and any subset of episodes, such as a factor's bin, gets its own.
 """
 from __future__ import annotations
 
@@ -23,17 +25,18 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, oracle_episode, paired_episodes, sample_episodes
+from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, oracle_episode, sample_episodes
 from ..data.episodes import Episode, episode_mask
 from ..data.folds import COCO_CONVENTIONS
 from ..data.weak import WEAK_ANNOTATIONS, weak_annotation
 from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
-from .evaluator import Evaluator
+from .evaluator import Evaluator, episode_counts
 from .feature_cache import FeatureCache, backbone_frozen, cache_key
 from .trainer import runs_dir
 
 ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
+EPISODE_COLUMNS = ["method", "fold", "shot", "seed", "episode", "query", "supports", "class", "intersection", "union"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,6 @@ class EvalProtocol:
     support_annotation: str = "dense"
     #: Episodes per head call.
     batch_size: int = 32
-    #: One episode list for every shot, drawn at the largest shot, each shot keeping the first
-    #: supports (``data.paired_episodes``): "K-shot minus 1-shot" is then paired per episode.
-    #: False draws each shot's list on its own (the queries then differ between shots).
-    paired_shots: bool = False
     #: "sampled" (the episode's supports) or "oracle" (the query as its own support, 1-way only).
     supports: str = "sampled"
     #: How K supports become one answer: "model" (the method's own rule, e.g. averaged prototypes)
@@ -85,8 +84,6 @@ class EvalProtocol:
             raise ValueError(f"support_annotation must be one of {WEAK_ANNOTATIONS}, got {self.support_annotation!r}")
         if self.convention is not None and self.convention not in COCO_CONVENTIONS:
             raise ValueError(f"convention must be null or one of {COCO_CONVENTIONS}, got {self.convention!r}")
-        if not isinstance(self.paired_shots, bool):
-            raise ValueError(f"paired_shots must be true or false, got {self.paired_shots!r}")
         if self.supports not in ("sampled", "oracle"):
             raise ValueError(f"supports must be 'sampled' or 'oracle', got {self.supports!r}")
         if self.shot_fusion not in ("model", "logit_mean"):
@@ -98,10 +95,8 @@ class EvalProtocol:
         return self.image_size or DEFAULT_SIZES[benchmark]
 
     def episode_lists(self, pool: EpisodePool, shot: int) -> dict[int, list[Episode]]:
-        """``{seed: episodes}`` of ``shot``."""
-        shots = sorted({*self.shots, shot})
-        lists = {seed: paired_episodes(pool, self.episodes, shots, self.way, seed)[shot] if self.paired_shots
-                 else sample_episodes(pool, self.episodes, shot, self.way, seed) for seed in self.seeds}
+        """``{seed: episodes}`` of ``shot``: the same queries for every shot (``sample_episodes``)."""
+        lists = {seed: sample_episodes(pool, self.episodes, shot, self.way, seed) for seed in self.seeds}
         if self.supports == "oracle":
             lists = {seed: [oracle_episode(e) for e in episodes] for seed, episodes in lists.items()}
         return lists
@@ -120,14 +115,19 @@ class AllForeground(nn.Module):
 
 def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalProtocol(), method: str = "model",
              device: str | torch.device | None = None, progress: bool = False,
-             pool: EpisodePool | None = None, caches: dict | None = None) -> pd.DataFrame:
+             pool: EpisodePool | None = None, caches: dict | None = None, episode_rows: list[dict] | None = None) -> pd.DataFrame:
     """Evaluate ``model`` on ``fold`` under ``protocol``; returns IoU rows (see module docstring).
 
     ``caches``: a dict in which feature caches are kept and looked up by
     :func:`~fsslib.engine.feature_cache.cache_key` (backbone weights, stages, size, images), so
     several evaluations of the same weights (the test-time switches of one trained model, its
     weak-annotation rows) run the backbone over the test images once.
+
+    ``episode_rows``: a list to which one row per episode is appended (``EPISODE_COLUMNS``,
+    supports joined by spaces); 1-way protocols only.
     """
+    if episode_rows is not None and protocol.way != 1:
+        raise ValueError(f"episode rows are defined for 1-way protocols, got way={protocol.way}")
     device = default_device(device)
     model = model.to(device).eval()
     pool = pool or EpisodePool.for_fold(source, fold, "val", protocol.convention)
@@ -149,17 +149,23 @@ def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalP
         for seed, episodes in by_seed.items():
             evaluator = Evaluator(pool.classes)
             rng = np.random.default_rng([seed, shot, 7])  # weak annotations, if any
+            counts: list[tuple[int, int]] = []
             for start in range(0, len(episodes), protocol.batch_size):
-                _evaluate_batch(model, cache, episodes[start:start + protocol.batch_size], protocol, evaluator,
-                                size, device, rng)
-            rows += [dict(method=method, fold=fold, shot=shot, seed=seed, **r)
-                     for r in evaluator.rows() + evaluator.fb_rows()]
+                counts += _evaluate_batch(model, cache, episodes[start:start + protocol.batch_size], protocol,
+                                          evaluator, size, device, rng)
+            head = dict(method=method, fold=fold, shot=shot, seed=seed)
+            rows += [dict(head, **r) for r in evaluator.rows() + evaluator.fb_rows()]
+            if episode_rows is not None:
+                episode_rows += [dict(head, episode=i, query=e.query, supports=" ".join(e.supports),
+                                      **{"class": e.classes[0]}, intersection=inter, union=union)
+                                 for i, (e, (inter, union)) in enumerate(zip(episodes, counts))]
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
 @torch.inference_mode()
 def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protocol: EvalProtocol,
-                    evaluator: Evaluator, size: int, device, rng) -> None:
+                    evaluator: Evaluator, size: int, device, rng) -> list[tuple[int, int]]:
+    """Score a batch into ``evaluator``; returns each 1-way episode's foreground (intersection, union)."""
     way = episodes[0].way
     query_feats = cache.gather([e.query for e in episodes])
     support_feats = cache.gather([e.supports for e in episodes])
@@ -185,11 +191,19 @@ def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protoco
     else:
         targets = [episode_mask(cache.original_labels[cache.row[e.query]], e.classes) for e in episodes]
     if all(t.shape == logits.shape[-2:] for t in targets):
-        evaluator.update(hard_labels(logits).cpu(), torch.stack(targets), class_ids)
-        return
-    for i, target in enumerate(targets):  # original labels differ in size from episode to episode
-        pred = hard_labels(resize_to(logits[i:i + 1], target.shape, "bilinear", align_corners=True)).cpu()
-        evaluator.update(pred, target[None], class_ids[i:i + 1])
+        preds, targets = [hard_labels(logits).cpu()], [torch.stack(targets)]
+    else:  # original labels differ in size from episode to episode
+        preds = [hard_labels(resize_to(logits[i:i + 1], t.shape, "bilinear", align_corners=True)).cpu()
+                 for i, t in enumerate(targets)]
+        targets = [t[None] for t in targets]
+    counts = []
+    start = 0
+    for pred, target in zip(preds, targets):
+        evaluator.update(pred, target, class_ids[start:start + len(pred)])
+        start += len(pred)
+        if way == 1:
+            counts += list(zip(*(c.tolist() for c in episode_counts(pred, target))))
+    return counts
 
 
 def per_seed(rows: pd.DataFrame) -> pd.DataFrame:

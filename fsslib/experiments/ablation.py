@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..data import build_source
 from ..engine.episodic import train_fewshot
-from ..engine.protocol import EvalProtocol, evaluate, interval95, with_interval
+from ..engine.protocol import EPISODE_COLUMNS, EvalProtocol, evaluate, interval95, with_interval
 from ..engine.trainer import TrainConfig, runs_dir
 from ..runtime import mode_suffix
 from .configs import real_data_recipe, synthetic_recipe
@@ -110,7 +110,7 @@ def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0
 
 def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protocol: EvalProtocol = EvalProtocol(),
                  results: str | Path | None = None, pretrain_seed: int = 0, progress: bool = True,
-                 recipe_args: dict | None = None, benchmark: str = "synthetic") -> pd.DataFrame:
+                 recipe_args: dict | None = None, benchmark: str = "synthetic", episodes: bool = False) -> pd.DataFrame:
     """Train every variant for every seed, evaluate it, and return the IoU rows of all of them.
 
     Rows carry ``train_seed`` beside the protocol's evaluation ``seed``. With ``results`` (a
@@ -118,6 +118,8 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     ``recipe_args`` change the training recipe of every variant (a reproduce profile's steps).
     ``benchmark``: "synthetic" (its recipe, from the pre-trained small backbone) or a real one
     (the papers' recipes, see :func:`~fsslib.experiments.configs.real_data_recipe`).
+    ``episodes``: return the per-episode rows instead (``protocol.EPISODE_COLUMNS`` and
+    ``train_seed``; 1-way rows only), stored beside each evaluation as ``*.episodes.csv``.
     Failures are listed in ``rows.attrs["failures"]``.
     """
     from tqdm.auto import tqdm
@@ -142,8 +144,9 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     for index in tqdm(order, desc="ablation", disable=not progress):
         variant, seed = jobs[index]
         cached = evaluation_path(results, variant, protocol, fold, seed, pretrain_seed, recipe_args) if results else None
-        if cached and cached.exists():
-            frames[index] = pd.read_csv(cached).assign(method=variant.name)
+        wanted = episode_path(cached) if (cached and episodes) else cached
+        if wanted and wanted.exists():
+            frames[index] = pd.read_csv(wanted).assign(method=variant.name)
             continue
         if cached_weights != (weights_of[variant.name], seed):
             caches, cached_weights = {}, (weights_of[variant.name], seed)
@@ -155,16 +158,22 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
                 if not hasattr(model.config, key):
                     raise ValueError(f"eval_args key '{key}' is not a config field of {variant.model}")
                 setattr(model.config, key, value)
-            rows = evaluate(model, source, fold, replace(protocol, **variant.protocol_args), method=variant.name,
-                            caches=caches)
+            row_protocol = replace(protocol, **variant.protocol_args)
+            episode_rows = [] if row_protocol.way == 1 else None
+            rows = evaluate(model, source, fold, row_protocol, method=variant.name, caches=caches,
+                            episode_rows=episode_rows)
             rows.insert(3, "train_seed", seed)
             rows["pretrain_seed"] = pretrain_seed
+            per_episode = pd.DataFrame(episode_rows or [], columns=EPISODE_COLUMNS)
+            per_episode.insert(3, "train_seed", seed)
         except Exception as error:  # one broken variant must not lose the others' work
             failures.append((variant.name, seed, f"{type(error).__name__}: {error}", traceback.format_exc()))
             continue
         if cached:
+            if episode_rows is not None:  # first: the class rows' file marks the evaluation complete
+                per_episode.to_csv(episode_path(cached), index=False)
             rows.to_csv(cached, index=False)
-        frames[index] = rows
+        frames[index] = per_episode if episodes else rows
     for name, seed, message, _ in failures:
         print(f"FAILED {name} (seed {seed}): {message}")
     if not frames:
@@ -180,6 +189,11 @@ def evaluation_path(results: str | Path, variant: Variant, protocol: EvalProtoco
     """The CSV in which ``run_ablation`` stores (and finds) one evaluation of one training seed."""
     return Path(results) / (f"{_slug(variant, recipe_args)}-{_eval_key(variant, protocol)}"
                             f"-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}.csv")
+
+
+def episode_path(evaluation: Path) -> Path:
+    """The per-episode rows stored beside an evaluation's class rows."""
+    return evaluation.with_name(evaluation.stem + ".episodes.csv")
 
 
 def _eval_key(variant: Variant, protocol: EvalProtocol) -> str:
@@ -219,8 +233,8 @@ def ablation_table(rows: pd.DataFrame, reference: str | dict[str, str]) -> pd.Da
 
 def shot_gain_table(rows: pd.DataFrame, low: int = 1, high: int = 5) -> pd.DataFrame:
     """``high``-shot minus ``low``-shot mIoU of every method, paired per training seed, with its
-    95% interval. Only meaningful on shot-paired episodes (``EvalProtocol(paired_shots=True)``:
-    the same queries, the ``low``-shot supports the first of the ``high``-shot ones)."""
+    95% interval. The protocol's episode lists are shot-paired (``data.sample_episodes``: the same
+    queries, the ``low``-shot supports the first of the ``high``-shot ones)."""
     scores = per_training_seed(rows)
     out = []
     for (method, fold), group in scores.groupby(["method", "fold"], sort=False):

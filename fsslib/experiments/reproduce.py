@@ -28,7 +28,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -143,8 +143,30 @@ class Table:
     references: dict[str, str]
 
 
+def reference_rows(reference: Variant) -> list[Variant]:
+    """The two reference rows every table carries, evaluated with its reference row's weights:
+
+    - the **oracle**: the query's own ground-truth mask as the support (1-shot), the ceiling of
+      matching a prototype to these features at this resolution, whatever the supports show;
+    - **logit-averaged shots**: the mean of the K one-shot predictions in place of the method's own
+      fusion of K supports (a prototype average for the prototype methods).
+    """
+    weights = reference.trained_as or reference.name
+    return [replace(reference, name=f"{reference.name}: oracle support", trained_as=weights,
+                    protocol_args={**reference.protocol_args, "supports": "oracle", "shots": (1,)}),
+            replace(reference, name=f"{reference.name}: logit-averaged shots", trained_as=weights,
+                    protocol_args={**reference.protocol_args, "shot_fusion": "logit_mean"})]
+
+
+def with_reference_rows(variants: list[Variant], references: dict[str, str]) -> tuple[list[Variant], dict[str, str]]:
+    """``variants`` and ``references`` with :func:`reference_rows` of the first (reference) row appended."""
+    extra = reference_rows(variants[0])
+    return [*variants, *extra], {**references, **{v.name: variants[0].name for v in extra}}
+
+
 def tables() -> list[Table]:
-    """Every table of ``results/tables.md``, in order (the main comparison first)."""
+    """Every table of ``results/tables.md``, in order (the main comparison first), each with its
+    :func:`reference_rows`."""
     from .tables.main import MAIN_REFERENCES, MAIN_VARIANTS
     from .tables.mspf import MSPF_TABLES
     from .tables.panet import PANET_REFERENCES, PANET_VARIANTS
@@ -154,10 +176,11 @@ def tables() -> list[Table]:
                    "table4": "MSPF Table 4: interaction between scales",
                    "table5": "MSPF Table 5: auxiliary loss",
                    "pfenet": "MSPF vs PFENet"}
-    return [Table("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES),
-            Table("panet", "PANet: prototype alignment (PAR) and weak annotations", PANET_VARIANTS, PANET_REFERENCES),
-            Table("ssp", "SSP: self-support components", SSP_VARIANTS, SSP_REFERENCES),
-            *[Table(f"mspf_{key}", mspf_titles[key], variants, refs) for key, (variants, refs) in MSPF_TABLES.items()]]
+    listed = [("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES),
+              ("panet", "PANet: prototype alignment (PAR) and weak annotations", PANET_VARIANTS, PANET_REFERENCES),
+              ("ssp", "SSP: self-support components", SSP_VARIANTS, SSP_REFERENCES),
+              *[(f"mspf_{key}", mspf_titles[key], variants, refs) for key, (variants, refs) in MSPF_TABLES.items()]]
+    return [Table(key, title, *with_reference_rows(variants, refs)) for key, title, variants, refs in listed]
 
 
 @dataclass
@@ -189,6 +212,7 @@ def plan_jobs(profile: Profile) -> list[Job]:
 
 
 def protocol_of(profile: Profile) -> EvalProtocol:
+    """One evaluation seed; its episode lists are shot-paired (``data.sample_episodes``)."""
     return EvalProtocol(episodes=profile.episodes, seeds=(0,), shots=profile.shots, image_size=profile.image_size)
 
 

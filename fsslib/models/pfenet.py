@@ -142,6 +142,9 @@ class PFENetConfig(ModelConfig):
     prior_shortcut: float | None = None
     #: Weight of the foreground class in every cross-entropy (1: the authors' unweighted loss).
     foreground_weight: float = 1.0
+    #: False: the prior channel is all zeros (the "w/o prior" ablation of Tian et al.): the head and
+    #: the prior shortcut then receive no prior information.
+    use_prior: bool = True
 
 
 # ---------------------------------------------------------------------- building blocks (shared with MSPF)
@@ -355,6 +358,8 @@ class PFENet(FewShotSegmenter):
                                                      low_first=False))
         prototype = support_prototype(support, foreground, (batch, shots), self.config.mask_eps)
         prior = self.prior_mask(query_feats["layer4"], support_layer3, foreground, (batch, shots), query.shape[-2:])
+        if not self.config.use_prior:  # the paper's ablation without the prior: a constant channel
+            prior = torch.zeros_like(prior)
         merged, inner = self.enrich(query, prototype, prior)
         logits = self.cls(merged)
         if self.shortcut is not None:

@@ -8,7 +8,7 @@ tables are PASCAL-5i fold 0, 1-shot; so are ours (fold 0 of the synthetic benchm
 mean and 95% interval over training seeds.
 
 Distinct training runs per seed: 4 (Table 3) + 4 (Table 4, the full model shared) + 1 (Table 5)
-+ 1 (PFENet) = 10.
++ 2 (PFENet with and without its prior) = 11.
 """
 from __future__ import annotations
 
@@ -68,10 +68,12 @@ MSPF_TABLE5 = [
 ]
 MSPF_TABLE5_REFERENCES = {MSPF_FULL.name: MSPF_TABLE5[0].name}
 
-#: PFENet, the architecture MSPF builds on, with the same head width: MSPF - PFENet.
+#: PFENet, the architecture MSPF builds on, with the same head width: MSPF - PFENet; and PFENet
+#: without its prior (Tian et al.'s ablation), whose difference to PFENet is what the prior adds.
 PFENET = Variant("PFENet", "pfenet", {"width": SYNTHETIC_HEAD["width"]})
-MSPF_VS_PFENET = [PFENET, MSPF_FULL]
-MSPF_VS_PFENET_REFERENCES = {MSPF_FULL.name: PFENET.name}
+PFENET_NO_PRIOR = Variant("PFENet, prior off", "pfenet", {"width": SYNTHETIC_HEAD["width"], "use_prior": False})
+MSPF_VS_PFENET = [PFENET, PFENET_NO_PRIOR, MSPF_FULL]
+MSPF_VS_PFENET_REFERENCES = {MSPF_FULL.name: PFENET.name, PFENET_NO_PRIOR.name: PFENET.name}
 
 #: ``{table: (variants, references)}`` in the paper's order.
 MSPF_TABLES = {
@@ -80,7 +82,7 @@ MSPF_TABLES = {
     "table5": (MSPF_TABLE5, MSPF_TABLE5_REFERENCES),
     "pfenet": (MSPF_VS_PFENET, MSPF_VS_PFENET_REFERENCES),
 }
-#: Every variant once (for ``run_ablation``): 10 distinct training runs per seed.
+#: Every variant once (for ``run_ablation``): 11 distinct training runs per seed.
 MSPF_VARIANTS = list({v.name: v for variants, _ in MSPF_TABLES.values() for v in variants}.values())
 #: One reference per row for the combined table of ``python -m fsslib ablation mspf``: a row's
 #: reference in the first table it appears in (the full model: Table 3's baseline).
@@ -110,6 +112,8 @@ def paper_miou(variant: Variant, table: str) -> float:
         KeyError: no published row of ``table`` has the variant's switches.
     """
     if table == "pfenet":
+        if variant.model_args.get("use_prior") is False:
+            raise KeyError("the published results hold no PFENet row without its prior")
         name = "PFENet" if variant.model == "pfenet" else "MSPF"
         return published(name)["pascal5i_1shot"]["folds"][0]
     config = variant.model_args

@@ -1,0 +1,128 @@
+"""The claims scorecard: one row per claim of the seed papers, with our paired effect on the synthetic benchmark.
+
+Each :class:`Claim` names a row and its reference in one of the ``reproduce`` tables (or one row
+at two shot counts), and the effect the paper reports on PASCAL-5i where its published tables
+give one (``None`` where the claim is made in words or the number is not in
+``fsslib/reference``). Our effect is the row minus its reference, paired per training seed on
+identical test episodes, with its 95% interval; it is *resolved* when the interval excludes zero.
+"Sign agrees" compares our sign with the paper's (a claim without a number claims a gain).
+
+The scorecard is written from the tables whatever it says. The benchmark's knobs were fixed
+before any table was run (``docs/benchmark-v3-plan.md``) and are not changed after seeing it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..engine.protocol import interval95, with_interval
+from ..reference import published
+from .ablation import per_training_seed
+
+CLAIM_COLUMNS = ["claim", "paper", "table", "row", "reference", "shot", "reference_shot", "paper_effect",
+                 "effect", "effect_ci95", "seeds", "resolved", "sign_agrees"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim: str
+    #: Who claims it (authors, short title).
+    paper: str
+    #: Key of the table (``reproduce.tables()``) holding both rows.
+    table: str
+    row: str
+    reference: str
+    shot: int = 1
+    #: The reference's shot count (None: ``shot``): "more shots help" compares a row with itself.
+    reference_shot: int | None = None
+    #: Row minus reference in the paper (PASCAL-5i mIoU unless the claim says otherwise).
+    paper_effect: float | None = None
+
+
+def _panet_par(shot: int) -> float:
+    par = published("PANet")["ablation_PAR_mean"]
+    return par["with_PAR"][f"{shot}shot"] - par["without_PAR"][f"{shot}shot"]
+
+
+def _ssp(key: str, shot: int) -> float:
+    return published("SSP")["pascal5i"][f"{key}_{shot}shot"]["mean"]
+
+
+def _more_shots(model: str) -> float | None:
+    """The paper's 5-shot minus 1-shot mIoU of a method (PASCAL-5i; MSDNet: COCO-20i)."""
+    if model == "panet":
+        return published("PANet")["pascal5i_5shot"]["mean"] - published("PANet")["pascal5i_1shot"]["mean"]
+    if model == "ssp":
+        return _ssp("SSP_refine_R50", 5) - _ssp("SSP_refine_R50", 1)
+    if model == "msdnet":
+        coco = published("MSDNet")["coco20i_interleaved_mean"]
+        return coco["R50_5shot"] - coco["R50_1shot"]
+    return None  # PFENet's and MSPF's 5-shot results are not in the published data; ProtoNet is ours
+
+
+def claims() -> list[Claim]:
+    """Every claim, in the order of the tables."""
+    from .tables.main import MAIN_VARIANTS, PROTONET
+    from .tables.mspf import (MSPF_FULL, MSPF_TABLE3, MSPF_TABLE4, MSPF_TABLE5, PFENET, PFENET_NO_PRIOR,
+                              paper_miou)
+    from .tables.ssp import BASELINE_ROW, SSP_ROW
+
+    out = [Claim("PAR helps", "Wang et al., PANet", "panet", "PANet, PAR on", "PANet, PAR off", shot,
+                 paper_effect=_panet_par(shot)) for shot in (1, 5)]
+    ssp = "Fan et al., SSP"
+    out += [Claim("SSFP helps", ssp, "ssp", "+ SSFP (test only)", BASELINE_ROW),
+            Claim("ASBP beats SSBP", ssp, "ssp", "+ ASBP (test only)", "+ SSBP (test only)"),
+            Claim("SSL helps", ssp, "ssp", "+ SSL", "self-support in training")]
+    out += [Claim("full SSP beats its baseline", ssp, "ssp", SSP_ROW, BASELINE_ROW, shot,
+                  paper_effect=_ssp("SSP_refine_R50", shot) - _ssp("baseline_noRefine_R50", shot)) for shot in (1, 5)]
+    out.append(Claim("PFENet's prior helps", "Tian et al., PFENet", "mspf_pfenet", PFENET.name, PFENET_NO_PRIOR.name))
+    mspf = "MSPF (multi-scale prior and fusion)"
+    for key, rows in (("table3", MSPF_TABLE3), ("table4", MSPF_TABLE4), ("table5", MSPF_TABLE5)):
+        base = rows[0]
+        out += [Claim(f"MSPF {key.replace('table', 'Table ')}: {row.name} (vs {base.name})", mspf, f"mspf_{key}",
+                      row.name, base.name, paper_effect=paper_miou(row, key) - paper_miou(base, key))
+                for row in rows[1:]]
+    out.append(Claim("MSPF beats PFENet", mspf, "mspf_pfenet", MSPF_FULL.name, PFENET.name,
+                     paper_effect=paper_miou(MSPF_FULL, "pfenet") - paper_miou(PFENET, "pfenet")))
+    out += [Claim("more shots help", "its paper" + (", COCO-20i" if v.model == "msdnet" else ""), "main", v.name,
+                  v.name, 5, 1, paper_effect=_more_shots(v.model)) for v in MAIN_VARIANTS]
+    out += [Claim(f"{v.name} beats prototype matching", "its paper", "main", v.name, PROTONET.name, shot)
+            for v in MAIN_VARIANTS[1:] for shot in (1, 5)]
+    return out
+
+
+def score(claim: Claim, scores: pd.DataFrame) -> dict:
+    """One scorecard row from per-training-seed mIoU (``ablation.per_training_seed`` of the claim's table)."""
+    def seeds(row: str, shot: int) -> pd.Series:
+        chosen = scores[(scores.method == row) & (scores.shot == shot)]
+        return chosen.groupby("train_seed")["miou"].mean()  # mean over folds
+
+    reference_shot = claim.reference_shot or claim.shot
+    paired = (seeds(claim.row, claim.shot) - seeds(claim.reference, reference_shot)).dropna()
+    effect, half = interval95(paired) if len(paired) else (np.nan, np.nan)
+    expected = 1.0 if claim.paper_effect is None else np.sign(claim.paper_effect)
+    return dict(claim=claim.claim, paper=claim.paper, table=claim.table, row=claim.row, reference=claim.reference,
+                shot=claim.shot, reference_shot=reference_shot, paper_effect=claim.paper_effect, effect=effect,
+                effect_ci95=half, seeds=len(paired), resolved=bool(abs(effect) > half),
+                sign_agrees=bool(np.sign(effect) == expected) if len(paired) else False)
+
+
+def scorecard(rows_by_table: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Score every claim whose table is in ``rows_by_table`` (``{table key: IoU rows}``)."""
+    scores = {key: per_training_seed(rows) for key, rows in rows_by_table.items()}
+    return pd.DataFrame([score(c, scores[c.table]) for c in claims() if c.table in scores], columns=CLAIM_COLUMNS)
+
+
+def format_scorecard(card: pd.DataFrame) -> str:
+    """Markdown: claim, shots, the paper's effect, ours with its interval, resolved, sign."""
+    lines = ["| claim | shot | paper (PASCAL-5i) | ours (synthetic, paired) | resolved | sign agrees |",
+             "|---|---|---|---|---|---|"]
+    for r in card.itertuples():
+        shot = f"{r.shot} vs {r.reference_shot}" if r.shot != r.reference_shot else str(r.shot)
+        paper = "a gain, no number" if pd.isna(r.paper_effect) else f"{r.paper_effect:+.1f}"
+        ours = with_interval(r.effect, r.effect_ci95, 2, sign=True) if r.seeds else "no rows"
+        lines.append(f"| {r.claim} ({r.paper}) | {shot} | {paper} | {ours} | {'yes' if r.resolved else 'no'} | "
+                     f"{'yes' if r.sign_agrees else 'NO'} |")
+    return "\n".join(lines)

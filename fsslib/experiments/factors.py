@@ -1,0 +1,98 @@
+"""``python -m fsslib factors``: where does each method help? Every evaluation split by each factor.
+
+The synthetic benchmark records, per object, the factors each paper's mechanism is built for
+(:mod:`fsslib.data.factors`). Splitting the main table's test episodes by them gives, per method,
+shot, factor and bin, an mIoU over that bin's episodes (class-wise IoU accumulated over the
+bin's episodes, averaged over the classes present), with a 95% interval over training seeds.
+Episodes are identical for every method, so a gap between two methods inside one bin is paired.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..data import build_source
+from ..data.factors import FACTOR_BINS, FACTORS, episode_factors
+from ..engine.protocol import interval95
+from .ablation import run_ablation
+
+FACTOR_COLUMNS = ["method", "shot", "factor", "bin", "miou", "miou_ci95", "seeds", "episodes"]
+
+
+def with_factors(episode_rows: pd.DataFrame, records) -> pd.DataFrame:
+    """``episode_rows`` with one column per factor (its bin), from the images' factor records."""
+    labels = [episode_factors(records, query, supports.split(), int(class_id))
+              for query, supports, class_id in zip(episode_rows["query"], episode_rows["supports"],
+                                                   episode_rows["class"])]
+    return pd.concat([episode_rows.reset_index(drop=True), pd.DataFrame(labels, columns=list(FACTORS))], axis=1)
+
+
+def bin_miou(episodes: pd.DataFrame) -> float:
+    """mIoU (percent) of a set of episodes: class-wise sums of intersections and unions, then the mean
+    over the classes present (a bin need not hold every class)."""
+    sums = episodes.groupby("class")[["intersection", "union"]].sum()
+    return float(100 * (sums["intersection"] / sums["union"].clip(lower=1)).mean())
+
+
+def factor_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
+    """mIoU per (method, shot, factor, bin) with its 95% interval over training seeds
+    (``rows``: per-episode rows with factor columns and ``train_seed``)."""
+    out = []
+    for factor in FACTORS:
+        order = FACTOR_BINS[factor][1]
+        for (method, shot), group in rows.groupby(["method", "shot"], sort=False):
+            for label in order:
+                in_bin = group[group[factor] == label]
+                if in_bin.empty:
+                    continue
+                per_seed = in_bin.groupby("train_seed").apply(bin_miou, include_groups=False)
+                mean, half = interval95(per_seed)
+                episodes = len(in_bin) / max(in_bin["train_seed"].nunique(), 1)
+                out.append(dict(method=method, shot=shot, factor=factor, bin=label, miou=mean, miou_ci95=half,
+                                seeds=len(per_seed), episodes=round(episodes, 1)))
+    return pd.DataFrame(out, columns=FACTOR_COLUMNS)
+
+
+def factor_spread(breakdown: pd.DataFrame, method: str, shot: int = 1) -> pd.DataFrame:
+    """Per factor: the worst and best bin of ``method`` and the gap between them (property 4 of the
+    benchmark: every factor moves the baseline's IoU by at least 5 points)."""
+    rows = breakdown[(breakdown.method == method) & (breakdown.shot == shot)]
+    out = []
+    for factor, group in rows.groupby("factor", sort=False):
+        worst, best = group.loc[group.miou.idxmin()], group.loc[group.miou.idxmax()]
+        out.append(dict(factor=factor, worst=worst.bin, worst_miou=worst.miou, best=best.bin, best_miou=best.miou,
+                        gap=best.miou - worst.miou))
+    return pd.DataFrame(out)
+
+
+def main_episode_rows(profile, progress: bool = False) -> pd.DataFrame:
+    """Per-episode rows of the main table's rows (methods and reference rows) under ``profile``
+    (trained and evaluated once, then read from the profile's stored evaluations), with their factors."""
+    from .reproduce import evaluations_dir, protocol_of, tables
+
+    if profile.benchmark != "synthetic":
+        raise ValueError(f"factors are recorded by the synthetic benchmark only, not {profile.benchmark}")
+    main = next(t for t in tables() if t.key == "main")
+    source = build_source("synthetic")
+    frames = [run_ablation(main.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
+                           results=evaluations_dir(profile), progress=progress, recipe_args=profile.recipe,
+                           episodes=True)
+              for fold in profile.folds]
+    return with_factors(pd.concat(frames, ignore_index=True), source.factors("val"))
+
+
+def write_factors(profile, progress: bool = False) -> tuple[Path, Path]:
+    """``results/factors.csv`` and ``figures/factors.png`` of ``profile``; returns their paths."""
+    from ..analysis.plotting import factor_panels, save_figure
+    from .report import figures_of
+    from .reproduce import results_root
+
+    breakdown = factor_breakdown(main_episode_rows(profile, progress))
+    root = results_root(profile)
+    root.mkdir(parents=True, exist_ok=True)
+    csv = root / "factors.csv"
+    breakdown.round(2).to_csv(csv, index=False)
+    figure = save_figure(factor_panels(breakdown, {f: FACTOR_BINS[f][1] for f in FACTORS}), "factors.png",
+                         close=True, folder=figures_of(profile))
+    return csv, figure
