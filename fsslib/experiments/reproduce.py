@@ -149,13 +149,14 @@ def reference_rows(reference: Variant) -> list[Variant]:
     - the **oracle**: the query's own ground-truth mask as the support (1-shot), the ceiling of
       matching a prototype to these features at this resolution, whatever the supports show;
     - **logit-averaged shots**: the mean of the K one-shot predictions in place of the method's own
-      fusion of K supports (a prototype average for the prototype methods).
+      fusion of K supports (a prototype average for the prototype methods), at 5 shots (at 1 shot
+      it is the reference row itself).
     """
     weights = reference.trained_as or reference.name
     return [replace(reference, name=f"{reference.name}: oracle support", trained_as=weights,
                     protocol_args={**reference.protocol_args, "supports": "oracle", "shots": (1,)}),
             replace(reference, name=f"{reference.name}: logit-averaged shots", trained_as=weights,
-                    protocol_args={**reference.protocol_args, "shot_fusion": "logit_mean"})]
+                    protocol_args={**reference.protocol_args, "shot_fusion": "logit_mean", "shots": (5,)})]
 
 
 def with_reference_rows(variants: list[Variant], references: dict[str, str]) -> tuple[list[Variant], dict[str, str]]:
