@@ -82,6 +82,21 @@ def main_episode_rows(profile, progress: bool = False) -> pd.DataFrame:
     return with_factors(pd.concat(frames, ignore_index=True), source.factors("val"))
 
 
+def stored_or_computed_factors(profile, recompute: bool = False) -> pd.DataFrame:
+    """The factor breakdown of ``profile``: ``results/factors.csv`` as ``make reproduce`` wrote it
+    (committed for the default profile; read-only) unless ``recompute`` or none is stored, else
+    computed here from the main table's runs (trained where missing) and stored."""
+    from .reproduce import results_root
+
+    path = results_root(profile) / "factors.csv"
+    if recompute or not path.exists():
+        print(f"Computing the factor breakdown of profile {profile.name} (the main table's runs, trained where missing)")
+        path, _ = write_factors(profile, progress=True)
+    else:
+        print(f"Stored factor breakdown of `make reproduce` (profile {profile.name}): {path.name}, read-only")
+    return pd.read_csv(path)
+
+
 def write_factors(profile, progress: bool = False) -> tuple[Path, Path]:
     """``results/factors.csv`` and ``figures/factors.png`` of ``profile``; returns their paths."""
     from ..analysis.plotting import factor_panels, save_figure

@@ -311,7 +311,7 @@ def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[
     if profile.benchmark == "synthetic":
         source = prepare_synthetic()
         print(f"synthetic benchmark at {source.root} ({time.perf_counter() - start:.0f} s)")
-        print(f"classes: {source.num_classes} = 5 shapes x 4 appearances")
+        print(f"classes: {source.num_classes} part arrangements, appearance modes from one shared palette")
         print("images per split:", ", ".join(f"{k} {v}" for k, v in split_sizes(source).items()))
         print(fold_summary(source).to_string())
         drawn = save_figure(draw_example_episodes(source), "episodes.png", close=True, folder=figures_of(profile))
