@@ -78,7 +78,7 @@ def claims() -> list[Claim]:
     out += [Claim("full SSP beats its baseline", ssp, "ssp", SSP_ROW, BASELINE_ROW, shot,
                   paper_effect=_ssp("SSP_refine_R50", shot) - _ssp("baseline_noRefine_R50", shot)) for shot in (1, 5)]
     out.append(Claim("PFENet's prior helps", "Tian et al., PFENet", "mspf_pfenet", PFENET.name, PFENET_NO_PRIOR.name))
-    mspf = "MSPF (multi-scale prior and fusion)"
+    mspf = "MSPF"
     for key, rows in (("table3", MSPF_TABLE3), ("table4", MSPF_TABLE4), ("table5", MSPF_TABLE5)):
         base = rows[0]
         out += [Claim(f"MSPF {key.replace('table', 'Table ')}: {row.name} (vs {base.name})", mspf, f"mspf_{key}",
@@ -86,8 +86,8 @@ def claims() -> list[Claim]:
                 for row in rows[1:]]
     out.append(Claim("MSPF beats PFENet", mspf, "mspf_pfenet", MSPF_FULL.name, PFENET.name,
                      paper_effect=paper_miou(MSPF_FULL, "pfenet") - paper_miou(PFENET, "pfenet")))
-    out += [Claim("more shots help", "its paper" + (", COCO-20i" if v.model == "msdnet" else ""), "main", v.name,
-                  v.name, 5, 1, paper_effect=_more_shots(v.model)) for v in MAIN_VARIANTS]
+    out += [Claim(f"more shots help: {v.name}", "its paper" + (", COCO-20i" if v.model == "msdnet" else ""), "main",
+                  v.name, v.name, 5, 1, paper_effect=_more_shots(v.model)) for v in MAIN_VARIANTS]
     out += [Claim(f"{v.name} beats prototype matching", "its paper", "main", v.name, PROTONET.name, shot)
             for v in MAIN_VARIANTS[1:] for shot in (1, 5)]
     return out

@@ -41,6 +41,8 @@ def paper_value(table_key: str, variant, shot: int) -> str:
     from .tables.mspf import paper_miou
 
     name = variant.name
+    if variant.protocol_args.get("supports") == "oracle" or "shot_fusion" in variant.protocol_args:
+        return ""  # a reference row of ours: no paper reports it
     if table_key == "main":
         shot_key = f"pascal5i_{shot}shot"
         if variant.model in ("panet", "pfenet", "mspf") and shot_key in published({"panet": "PANet", "pfenet": "PFENet",
