@@ -111,6 +111,8 @@ def test_episode_factors_from_records():
                    "query instance": "in another class's appearance", "thin part": "no"}
     assert episode_factors(records, "q", ["s2"], 3)["appearance match"] == "no support matches"  # s2's largest is 4
     assert episode_factors(records, "s2", ["s1"], 3)["scale ratio"] == "1-2"  # log2(2000/2000) = 0
+    assert episode_factors(records, "s2", ["s1"], 3)["query instance"] == "main + distractor instances"
+    assert episode_factors(records, "s1", ["s2"], 3)["query instance"] == "main object alone"
     for factor, value in one.items():
         assert value in FACTOR_BINS[factor][1] and factor in FACTORS
     with pytest.raises(ValueError, match="no visible object of class 5"):

@@ -11,8 +11,9 @@ scale ratio        log2(query's pixels of ``c`` / mean support pixels of ``c``) 
 photometric        the query's photometric strength ``s``                          self-support (SSP)
 hard negative      does the query hold another class in ``c``'s appearance?        priors, learned heads
 clutter            background blobs in the query                                   adaptive background
-query instance     is ``c`` the query's main object, a small distractor instance,  main vs distractor
-                   or an object drawn in another class's appearance?
+query instance     is ``c`` the query's main object alone, the main object with    main vs distractor
+                   small distractor instances of ``c`` beside it, or an object
+                   drawn in another class's appearance (a hard negative)?
 thin part          does ``c`` have a part 3-6 px wide?                             multi-scale decoders
 =================  ==============================================================  ===================
 
@@ -33,12 +34,10 @@ FACTOR_BINS: dict[str, tuple[tuple[float, ...] | None, tuple[str, ...]]] = {
     "photometric": ((0.0, 0.1, 0.2, math.inf), ("s < 0.1", "0.1-0.2", "s >= 0.2")),
     "hard negative": (None, ("none", "present")),
     "clutter": ((0, 2, 4, math.inf), ("0-1 blobs", "2-3 blobs", "4-6 blobs")),
-    "query instance": (None, ("main object", "distractor instance", "in another class's appearance")),
+    "query instance": (None, ("main object alone", "main + distractor instances", "in another class's appearance")),
     "thin part": (None, ("no", "yes")),
 }
 FACTORS = tuple(FACTOR_BINS)
-_ROLE_BIN = {"main": "main object", "distractor": "distractor instance",
-             "hard_negative": "in another class's appearance"}
 
 
 def instance(record: Mapping, class_id: int) -> dict:
@@ -63,10 +62,18 @@ def episode_factors(records: Mapping[str, Mapping], query: str, supports: list[s
         "photometric": _bin("photometric", records[query]["photometric"]),
         "hard negative": "present" if hard else "none",
         "clutter": _bin("clutter", records[query]["clutter"]),
-        "query instance": _ROLE_BIN[q["role"]],
+        "query instance": _instance_bin(records[query], class_id, q),
         "thin part": "yes" if q["thin"] else "no",
     }
     return labels
+
+
+def _instance_bin(record: Mapping, class_id: int, largest: Mapping) -> str:
+    labels = FACTOR_BINS["query instance"][1]
+    if largest["role"] == "hard_negative":
+        return labels[2]
+    distractors = any(o["cls"] == class_id and o["role"] == "distractor" and o["pixels"] > 0 for o in record["objects"])
+    return labels[1] if distractors else labels[0]
 
 
 def _bin(factor: str, value: float) -> str:
