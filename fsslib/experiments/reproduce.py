@@ -60,13 +60,13 @@ class Profile:
     image_size: int | None = None
 
 
-#: ``default`` fits 54 training runs and 87 evaluations in 45 minutes of a 2-core CPU: 150 steps
-#: of 4 episodes instead of 1000 of 8 (7.5% of the standard recipe's training episodes), and 300
-#: test episodes per shot instead of 1000. In so few steps the PFENet and MSPF heads, trained
-#: from scratch at the standard 5e-4, predicted background everywhere for every seed (0 mIoU,
-#: measured); at 2e-3 some seeds still did, until the synthetic recipe's prior shortcut
-#: (``configs.METHOD_HEAD``, chosen by ``python -m fsslib collapse``). MSDNet takes 1e-3 (44 mIoU
-#: vs 38 at 5e-4).
+#: ``default`` fits 57 training runs and 132 evaluations in 45 minutes of a 2-core CPU (30 minutes
+#: measured on a fresh clone, benchmark v3): 150 steps of 4 episodes instead of 1000 of 8 (7.5% of
+#: the standard recipe's training episodes), and 300 test episodes per shot instead of 1000. On the
+#: previous benchmark, in so few steps the PFENet and MSPF heads, trained from scratch at the
+#: standard 5e-4, predicted background everywhere for every seed (0 mIoU, measured); at 2e-3 some
+#: seeds still did, until the synthetic recipe's prior shortcut (``configs.METHOD_HEAD``, chosen by
+#: ``python -m fsslib collapse``). MSDNet takes 1e-3 (44 mIoU vs 38 at 5e-4, previous benchmark).
 #: ``fast`` runs the FSSLIB_FAST recipe (6 steps of 2 episodes) on the tiny benchmark.
 DEFAULT_RECIPE = {"steps": 150, "batch_size": 4,
                   "by_method": {"pfenet": {"lr": 2e-3}, "mspf": {"lr": 2e-3}, "msdnet": {"lr": 1e-3}}}
