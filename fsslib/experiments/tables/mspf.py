@@ -122,3 +122,14 @@ def paper_miou(variant: Variant, table: str) -> float:
         if all(config.get(field, True) == value for field, value in flags.items()):
             return entry["miou"]
     raise KeyError(f"no row of the paper's {table} has the switches of {variant.name!r}")
+
+
+def paper_column(table: str) -> dict[str, float | None]:
+    """``{row: the paper's mIoU}`` of one of ``MSPF_TABLES`` (None for a row the paper does not have)."""
+    out = {}
+    for variant in MSPF_TABLES[table][0]:
+        try:
+            out[variant.name] = paper_miou(variant, table)
+        except KeyError:
+            out[variant.name] = None
+    return out
