@@ -46,7 +46,7 @@ def factor_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
                 in_bin = group[group[factor] == label]
                 if in_bin.empty:
                     continue
-                per_seed = in_bin.groupby("train_seed").apply(bin_miou, include_groups=False)
+                per_seed = pd.Series({seed: bin_miou(g) for seed, g in in_bin.groupby("train_seed")})
                 mean, half = interval95(per_seed)
                 episodes = len(in_bin) / max(in_bin["train_seed"].nunique(), 1)
                 out.append(dict(method=method, shot=shot, factor=factor, bin=label, miou=mean, miou_ci95=half,
