@@ -240,7 +240,7 @@ def command_benchmark_report(args) -> None:
 
 def command_factors(args) -> None:
     from .experiments.factors import FACTOR_COLUMNS, write_factors
-    from .experiments.reproduce import PROFILES, notebook_profile
+    from .experiments.profiles import PROFILES, notebook_profile
 
     profile = PROFILES[args.profile] if args.profile else notebook_profile()
     csv, figure = write_factors(profile, progress=True)

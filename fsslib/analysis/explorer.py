@@ -17,8 +17,9 @@ import pandas as pd
 
 from ..engine.protocol import EvalProtocol
 from ..experiments.ablation import Variant, ablation_table, run_ablation, train_variant
-from ..experiments.reproduce import PROFILES, Profile, tables
-from ..experiments.reproduce import stored_rows as stored_rows_of_table
+from ..experiments.profiles import PROFILES, Profile
+from ..experiments.profiles import stored_rows as stored_rows_of_table
+from ..experiments.tables import tables
 from ..models.registry import method_class
 from ..runtime import fast_mode
 

@@ -28,7 +28,7 @@ from ..engine.protocol import AllForeground, EvalProtocol, evaluate, interval95,
 from ..models.ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
 from .ablation import train_variant
 from .factors import factor_breakdown, factor_spread, with_factors
-from .reproduce import notebook_profile
+from .profiles import notebook_profile
 
 
 class RawColourPrototype(nn.Module):

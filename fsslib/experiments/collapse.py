@@ -77,7 +77,7 @@ def run_study(seeds=(0, 1, 2, 3, 4), jobs: int = 2, episodes: int = 300, candida
 
     from ..data import prepare_synthetic
     from ..engine.pretrain import pretrained_backbone
-    from .reproduce import DEFAULT_RECIPE
+    from .profiles import DEFAULT_RECIPE
 
     prepare_synthetic()
     pretrained_backbone(0, 0)  # once, before the workers need it

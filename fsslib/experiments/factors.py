@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis.plotting import factor_panels, save_figure
 from ..data import build_source
 from ..data.factors import FACTOR_BINS, FACTORS, episode_factors
 from ..engine.protocol import interval95
 from .ablation import run_ablation
+from .profiles import evaluations_dir, figures_of, protocol_of, results_root
+from .tables import tables
 
 FACTOR_COLUMNS = ["method", "shot", "factor", "bin", "miou", "miou_ci95", "seeds", "episodes"]
 
@@ -66,14 +69,13 @@ def factor_spread(breakdown: pd.DataFrame, method: str, shot: int = 1) -> pd.Dat
     return pd.DataFrame(out)
 
 
-def main_episode_rows(profile, progress: bool = False) -> pd.DataFrame:
-    """Per-episode rows of the main table's rows (methods and reference rows) under ``profile``
-    (trained and evaluated once, then read from the profile's stored evaluations), with their factors."""
-    from .reproduce import evaluations_dir, protocol_of, tables
-
+def main_episode_rows(profile, main=None, progress: bool = False) -> pd.DataFrame:
+    """Per-episode rows of the main table's rows (methods and reference rows; ``main``: that
+    table, default the registry's) under ``profile`` (trained and evaluated once, then read from
+    the profile's stored evaluations), with their factors."""
     if profile.benchmark != "synthetic":
         raise ValueError(f"factors are recorded by the synthetic benchmark only, not {profile.benchmark}")
-    main = next(t for t in tables() if t.key == "main")
+    main = main or next(t for t in tables() if t.key == "main")
     source = build_source("synthetic")
     frames = [run_ablation(main.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
                            results=evaluations_dir(profile), progress=progress, recipe_args=profile.recipe,
@@ -86,8 +88,6 @@ def stored_or_computed_factors(profile, recompute: bool = False) -> pd.DataFrame
     """The factor breakdown of ``profile``: ``results/factors.csv`` as ``make reproduce`` wrote it
     (committed for the default profile; read-only) unless ``recompute`` or none is stored, else
     computed here from the main table's runs (trained where missing) and stored."""
-    from .reproduce import results_root
-
     path = results_root(profile) / "factors.csv"
     if recompute or not path.exists():
         print(f"Computing the factor breakdown of profile {profile.name} (the main table's runs, trained where missing)")
@@ -97,13 +97,10 @@ def stored_or_computed_factors(profile, recompute: bool = False) -> pd.DataFrame
     return pd.read_csv(path)
 
 
-def write_factors(profile, progress: bool = False) -> tuple[Path, Path]:
-    """``results/factors.csv`` and ``figures/factors.png`` of ``profile``; returns their paths."""
-    from ..analysis.plotting import factor_panels, save_figure
-    from .report import figures_of
-    from .reproduce import results_root
-
-    breakdown = factor_breakdown(main_episode_rows(profile, progress))
+def write_factors(profile, main=None, progress: bool = False) -> tuple[Path, Path]:
+    """``results/factors.csv`` and ``figures/factors.png`` of ``profile`` (``main``: the main
+    table, default the registry's); returns their paths."""
+    breakdown = factor_breakdown(main_episode_rows(profile, main, progress))
     root = results_root(profile)
     root.mkdir(parents=True, exist_ok=True)
     csv = root / "factors.csv"

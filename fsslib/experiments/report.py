@@ -13,7 +13,6 @@ dataset, shown for the direction and size of effects, not for comparison of valu
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,10 +24,12 @@ import torch
 from ..analysis.plotting import overlay, save_figure
 from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
 from ..engine.protocol import interval95, with_interval
-from ..engine.trainer import read_log, runs_dir, to_device
+from ..engine.trainer import read_log, to_device
 from ..models import build_model
 from ..reference import published
 from .claims import format_scorecard, scorecard
+from .factors import write_factors
+from .profiles import evaluations_dir, figures_of, protocol_of, results_root
 from .ablation import (ablation_table, format_ablation, per_training_seed, run_ablation, shot_gain_table, train_config,
                        train_variant, variant_run_dir)
 
@@ -79,8 +80,6 @@ def paper_value(table_key: str, variant, shot: int) -> str:
 # ---------------------------------------------------------------------- collecting
 def table_rows(table, profile, progress: bool = False) -> pd.DataFrame:
     """The IoU rows of every row of ``table`` over the profile's folds and seeds (from stored evaluations)."""
-    from .reproduce import evaluations_dir, protocol_of
-
     frames = []
     for fold in profile.folds:
         rows = run_ablation(table.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
@@ -116,8 +115,6 @@ def _trained(variant, profile, source):
 
 
 def _test_size(profile) -> int:
-    from .reproduce import protocol_of
-
     return protocol_of(profile).size(profile.benchmark)
 
 
@@ -211,14 +208,6 @@ def ablation_markdown(rows: pd.DataFrame, table) -> str:
 
 
 # ---------------------------------------------------------------------- figures
-def figures_of(profile) -> Path:
-    """Where ``reproduce`` draws: the committed ``figures/`` for the default profile
-    (``$FSSLIB_FIGURES`` in the tests), ``figures/<profile>/`` for the others (``fast/`` is ignored
-    by git: a smoke run never overwrites a committed figure)."""
-    root = Path(os.environ.get("FSSLIB_FIGURES") or runs_dir().parent / "figures")
-    return root if profile.name == "default" else root / profile.name
-
-
 def bar_chart(rows: pd.DataFrame, table, profile) -> Path:
     import matplotlib.pyplot as plt
 
@@ -326,10 +315,9 @@ def collapse_check(scores: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(profile, source) -> Path:
-    """Write ``tables.md``, one CSV of raw rows per table, and the figures; returns ``tables.md``."""
-    from .reproduce import results_root, tables
-
+def write_report(profile, source, tables: list) -> Path:
+    """Write ``tables.md``, one CSV of raw rows per table of ``tables`` (``tables.tables()``), and
+    the figures; returns ``tables.md``."""
     root = results_root(profile)
     root.mkdir(parents=True, exist_ok=True)
     if profile.benchmark == "synthetic":
@@ -346,7 +334,7 @@ def write_report(profile, source) -> Path:
              f"{profile.episodes} test episodes per shot (identical for every method). mIoU: class-wise accumulated "
              f"IoU; mean ± 95% interval over training seeds; differences paired per seed. {paper}."]
     scores, rows_by_table = [], {}
-    for table in tables():
+    for table in tables:
         rows = table_rows(table, profile)
         rows_by_table[table.key] = rows
         rows.to_csv(root / f"{table.key}.csv", index=False)
@@ -374,10 +362,9 @@ def write_report(profile, source) -> Path:
               "reference, paired per training seed on identical episodes, 95% interval). Written from the tables "
               "above whatever it says; the benchmark's knobs were fixed before any table was run.", "",
               format_scorecard(card)]
-    if profile.benchmark == "synthetic" and "main" in rows_by_table:
-        from .factors import write_factors
-
-        csv, figure = write_factors(profile)
+    main = next((t for t in tables if t.key == "main"), None)
+    if profile.benchmark == "synthetic" and main is not None:
+        csv, figure = write_factors(profile, main)
         parts += ["", "## Factors", "", f"Every main-table method's mIoU split by each recorded factor: {csv.name}, "
                   f"{figure.name} (`python -m fsslib factors`)."]
     path = root / "tables.md"

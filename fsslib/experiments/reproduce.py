@@ -28,8 +28,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -37,77 +36,12 @@ from ..analysis.plotting import episode_grid, save_figure
 from ..data import (DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, eval_transform, prepare_synthetic,
                     sample_episodes, synthetic_class_name)
 from ..data.summary import fold_summary, split_sizes
-from ..engine.protocol import EvalProtocol
-from ..engine.trainer import runs_dir
-from ..runtime import fast_mode
 from .ablation import Variant, _slug, run_ablation
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    folds: tuple[int, ...]
-    seeds: tuple[int, ...]
-    #: TrainConfig overrides of the standard recipe ({} = the standard recipe).
-    recipe: dict = field(default_factory=dict)
-    episodes: int = 1000
-    shots: tuple[int, ...] = (1, 5)
-    jobs: int = 2
-    #: "synthetic", or a real benchmark ("pascal5i", "coco20i") under ``$FSSLIB_DATA``: the papers'
-    #: recipes from ImageNet weights (see ``configs.real_data_recipe``), meant for a GPU.
-    benchmark: str = "synthetic"
-    #: Test image size; None = the benchmark's usual size (synthetic 128, PASCAL/COCO 473).
-    image_size: int | None = None
-
-
-#: ``default`` fits 57 training runs and 132 evaluations in 45 minutes of a 2-core CPU (30 minutes
-#: measured on a fresh clone, benchmark v3): 150 steps of 4 episodes instead of 1000 of 8 (7.5% of
-#: the standard recipe's training episodes), and 300 test episodes per shot instead of 1000. On the
-#: previous benchmark, in so few steps the PFENet and MSPF heads, trained from scratch at the
-#: standard 5e-4, predicted background everywhere for every seed (0 mIoU, measured); at 2e-3 some
-#: seeds still did, until the synthetic recipe's prior shortcut (``configs.METHOD_HEAD``, chosen by
-#: ``python -m fsslib collapse``). MSDNet takes 1e-3 (44 mIoU vs 38 at 5e-4, previous benchmark).
-#: ``fast`` runs the FSSLIB_FAST recipe (6 steps of 2 episodes) on the tiny benchmark.
-DEFAULT_RECIPE = {"steps": 150, "batch_size": 4,
-                  "by_method": {"pfenet": {"lr": 2e-3}, "mspf": {"lr": 2e-3}, "msdnet": {"lr": 1e-3}}}
-PROFILES = {
-    "fast": Profile("fast", folds=(0,), seeds=(0,), episodes=8, shots=(1, 5), jobs=1),
-    "default": Profile("default", folds=(0,), seeds=(0, 1, 2), recipe=DEFAULT_RECIPE, episodes=300),
-    "full": Profile("full", folds=(0, 1, 2, 3), seeds=(0, 1, 2)),
-    # A CUDA machine: the default profile's tables with the standard recipe (1000 steps of 8
-    # episodes) and 1000 test episodes per shot; four worker processes share the GPU.
-    "gpu": Profile("gpu", folds=(0,), seeds=(0, 1, 2), jobs=4),
-    # Real data (a GPU, the datasets and the ImageNet weights supplied by the user): the same
-    # tables with each paper's recipe, one training seed, 1000 test episodes per shot and fold.
-    "pascal5i": Profile("pascal5i", folds=(0, 1, 2, 3), seeds=(0,), jobs=1, benchmark="pascal5i"),
-    "coco20i": Profile("coco20i", folds=(0, 1, 2, 3), seeds=(0,), jobs=1, benchmark="coco20i"),
-}
-
-
-def results_root(profile: Profile) -> Path:
-    """``results/`` for the default profile (what the README shows), ``results/<profile>/`` otherwise."""
-    root = runs_dir().parent / "results"
-    return root if profile.name == "default" else root / profile.name
-
-
-def evaluations_dir(profile: Profile) -> Path:
-    """Where the evaluation of each run is stored for reuse: working state beside the runs (never
-    committed), so that a fresh clone trains and evaluates everything; ``results/`` holds the outputs."""
-    return runs_dir() / "evaluations" / profile.name
-
-
-def notebook_profile() -> Profile:
-    """The profile a notebook follows: ``fast`` in fast mode (the tests), else ``default``. A
-    notebook trains the profile's runs (the same folders as ``make reproduce``, so either reuses
-    the other's) and shows the profile's stored tables."""
-    return PROFILES["fast" if fast_mode() else "default"]
-
-
-def stored_rows(key: str, profile: Profile) -> pd.DataFrame | None:
-    """``results/<key>.csv`` as ``reproduce --profile <profile>`` wrote it (committed for the
-    default profile), or None. A read-only reference: it is shown, never used in place of a run."""
-    path = results_root(profile) / f"{key}.csv"
-    return pd.read_csv(path) if path.exists() else None
+# Re-exported: notebooks and scripts find a profile's settings and tables through reproduce.
+from .profiles import (DEFAULT_RECIPE, PROFILES, Profile, default_profile_name, evaluations_dir,  # noqa: F401
+                       figures_of, notebook_profile, protocol_of, results_root, stored_rows)
+from .report import table_rows, write_report
+from .tables import Table, reference_rows, tables, with_reference_rows  # noqa: F401
 
 
 def stored_or_computed(keys: list[str], profile: Profile, recompute: bool = False) -> pd.DataFrame:
@@ -125,63 +59,11 @@ def stored_or_computed(keys: list[str], profile: Profile, recompute: bool = Fals
               "CPU; runs that `make reproduce` or an earlier recompute left in runs/ are reused).")
         frames = stored
     else:
-        from .report import table_rows
-
         print(f"Training and evaluating {len(runs)} runs (profile {profile.name}; finished ones are reused)")
         frames = [table_rows(t, profile, progress=True) for t in chosen]
     # A row shared by several tables (MSPF's full model) is in each of their CSVs.
     rows = pd.concat(frames, ignore_index=True)
     return rows.drop_duplicates(["method", "fold", "shot", "train_seed", "seed", "class"], ignore_index=True)
-
-
-# ---------------------------------------------------------------------- the tables
-@dataclass(frozen=True)
-class Table:
-    key: str
-    title: str
-    variants: list[Variant]
-    references: dict[str, str]
-
-
-def reference_rows(reference: Variant) -> list[Variant]:
-    """The two reference rows every table carries, evaluated with its reference row's weights:
-
-    - the **oracle**: the query's own ground-truth mask as the support (1-shot), the ceiling of
-      matching a prototype to these features at this resolution, whatever the supports show;
-    - **logit-averaged shots**: the mean of the K one-shot predictions in place of the method's own
-      fusion of K supports (a prototype average for the prototype methods), at 5 shots (at 1 shot
-      it is the reference row itself).
-    """
-    weights = reference.trained_as or reference.name
-    return [replace(reference, name=f"{reference.name}: oracle support", trained_as=weights,
-                    protocol_args={**reference.protocol_args, "supports": "oracle", "shots": (1,)}),
-            replace(reference, name=f"{reference.name}: logit-averaged shots", trained_as=weights,
-                    protocol_args={**reference.protocol_args, "shot_fusion": "logit_mean", "shots": (5,)})]
-
-
-def with_reference_rows(variants: list[Variant], references: dict[str, str]) -> tuple[list[Variant], dict[str, str]]:
-    """``variants`` and ``references`` with :func:`reference_rows` of the first (reference) row appended."""
-    extra = reference_rows(variants[0])
-    return [*variants, *extra], {**references, **{v.name: variants[0].name for v in extra}}
-
-
-def tables() -> list[Table]:
-    """Every table of ``results/tables.md``, in order (the main comparison first), each with its
-    :func:`reference_rows`."""
-    from .tables.main import MAIN_REFERENCES, MAIN_VARIANTS
-    from .tables.mspf import MSPF_TABLES
-    from .tables.panet import PANET_REFERENCES, PANET_VARIANTS
-    from .tables.ssp import SSP_REFERENCES, SSP_VARIANTS
-
-    mspf_titles = {"table3": "MSPF Table 3: multi-scale prior and multi-scale fusion",
-                   "table4": "MSPF Table 4: interaction between scales",
-                   "table5": "MSPF Table 5: auxiliary loss",
-                   "pfenet": "MSPF vs PFENet"}
-    listed = [("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES),
-              ("panet", "PANet: prototype alignment (PAR) and weak annotations", PANET_VARIANTS, PANET_REFERENCES),
-              ("ssp", "SSP: self-support components", SSP_VARIANTS, SSP_REFERENCES),
-              *[(f"mspf_{key}", mspf_titles[key], variants, refs) for key, (variants, refs) in MSPF_TABLES.items()]]
-    return [Table(key, title, *with_reference_rows(variants, refs)) for key, title, variants, refs in listed]
 
 
 @dataclass
@@ -210,11 +92,6 @@ def plan_jobs(profile: Profile) -> list[Job]:
     # Slowest first, so that two workers finish together (MSDNet and SSP train the longest).
     cost = {"msdnet": 4, "ssp": 3, "panet": 2, "protonet": 2, "pfenet": 1, "mspf": 1}
     return sorted(by_key.values(), key=lambda j: (-cost.get(j.model, 1), j.seed, j.fold))
-
-
-def protocol_of(profile: Profile) -> EvalProtocol:
-    """One evaluation seed; its episode lists are shot-paired (``data.sample_episodes``)."""
-    return EvalProtocol(episodes=profile.episodes, seeds=(0,), shots=profile.shots, image_size=profile.image_size)
 
 
 def run_job(job: Job, profile: Profile) -> list[str]:
@@ -283,18 +160,10 @@ def draw_example_episodes(source, fold: int = 0, n: int = 4, seed: int = 0):
     return episode_grid(items, synthetic_class_name, title=f"synthetic benchmark, fold {fold} test episodes")
 
 
-def default_profile_name() -> str:
-    """``gpu`` where torch sees a CUDA device, else ``default`` (the 2-core CPU profile)."""
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "default"
-
-
 def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[str]:
     """Run the whole pipeline of ``profile_name`` (None: :func:`default_profile_name`); returns
     the failures (also printed)."""
     from ..engine.pretrain import pretrained_backbone
-    from .report import figures_of, write_report
 
     chosen = profile_name is None
     profile_name = default_profile_name() if chosen else profile_name
@@ -330,7 +199,7 @@ def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[
     failures = run_jobs(planned, profile, jobs if jobs is not None else profile.jobs)
     print(f"training and evaluation done ({time.perf_counter() - start:.0f} s)")
 
-    write_report(profile, source)
+    write_report(profile, source, tables())
     elapsed = time.perf_counter() - start
     print(f"reproduce --profile {profile.name}: {elapsed / 60:.1f} min wall time")
     if failures:

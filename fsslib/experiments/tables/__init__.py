@@ -1,16 +1,65 @@
-"""The ablation tables of the method issues, as lists of variants (data, not code edits).
+"""The tables: the ablation tables of the method papers and the main comparison, as lists of
+variants (data, not code edits).
 
 One module per method. Each list starts with its reference row; inference-time rows (weak
 supports, N-way, components switched at test) name the trained variant whose weights they
-evaluate. ``TABLES`` maps the names of ``python -m fsslib ablation NAME`` to
-``(variants, {row: reference row})``.
+evaluate. :func:`tables` is the one registry of the tables ``reproduce`` writes (each with its
+title and reference rows); ``TABLES`` maps the names of ``python -m fsslib ablation NAME`` to
+``(variants, {row: reference row})`` (MSPF's four tables as one).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
+from ..ablation import Variant
 from .main import MAIN_REFERENCES, MAIN_VARIANTS
+from .mspf import MSPF_REFERENCES, MSPF_TABLES, MSPF_VARIANTS
 from .panet import PANET_REFERENCES, PANET_VARIANTS
-from .mspf import MSPF_REFERENCES, MSPF_VARIANTS
 from .ssp import SSP_REFERENCES, SSP_VARIANTS
 
-TABLES = {"main": (MAIN_VARIANTS, MAIN_REFERENCES), "panet": (PANET_VARIANTS, PANET_REFERENCES), "ssp": (SSP_VARIANTS, SSP_REFERENCES),
-          "mspf": (MSPF_VARIANTS, MSPF_REFERENCES)}
+TABLES = {"main": (MAIN_VARIANTS, MAIN_REFERENCES), "panet": (PANET_VARIANTS, PANET_REFERENCES),
+          "ssp": (SSP_VARIANTS, SSP_REFERENCES), "mspf": (MSPF_VARIANTS, MSPF_REFERENCES)}
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str
+    title: str
+    variants: list[Variant]
+    references: dict[str, str]
+
+
+def reference_rows(reference: Variant) -> list[Variant]:
+    """The two reference rows every table carries, evaluated with its reference row's weights:
+
+    - the **oracle**: the query's own ground-truth mask as the support (1-shot), the ceiling of
+      matching a prototype to these features at this resolution, whatever the supports show;
+    - **logit-averaged shots**: the mean of the K one-shot predictions in place of the method's own
+      fusion of K supports (a prototype average for the prototype methods), at 5 shots (at 1 shot
+      it is the reference row itself).
+    """
+    weights = reference.trained_as or reference.name
+    return [replace(reference, name=f"{reference.name}: oracle support", trained_as=weights,
+                    protocol_args={**reference.protocol_args, "supports": "oracle", "shots": (1,)}),
+            replace(reference, name=f"{reference.name}: logit-averaged shots", trained_as=weights,
+                    protocol_args={**reference.protocol_args, "shot_fusion": "logit_mean", "shots": (5,)})]
+
+
+def with_reference_rows(variants: list[Variant], references: dict[str, str]) -> tuple[list[Variant], dict[str, str]]:
+    """``variants`` and ``references`` with :func:`reference_rows` of the first (reference) row appended."""
+    extra = reference_rows(variants[0])
+    return [*variants, *extra], {**references, **{v.name: variants[0].name for v in extra}}
+
+
+def tables() -> list[Table]:
+    """Every table of ``results/tables.md``, in order (the main comparison first), each with its
+    :func:`reference_rows`."""
+    mspf_titles = {"table3": "MSPF Table 3: multi-scale prior and multi-scale fusion",
+                   "table4": "MSPF Table 4: interaction between scales",
+                   "table5": "MSPF Table 5: auxiliary loss",
+                   "pfenet": "MSPF vs PFENet"}
+    listed = [("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES),
+              ("panet", "PANet: prototype alignment (PAR) and weak annotations", PANET_VARIANTS, PANET_REFERENCES),
+              ("ssp", "SSP: self-support components", SSP_VARIANTS, SSP_REFERENCES),
+              *[(f"mspf_{key}", mspf_titles[key], variants, refs) for key, (variants, refs) in MSPF_TABLES.items()]]
+    return [Table(key, title, *with_reference_rows(variants, refs)) for key, title, variants, refs in listed]
