@@ -89,3 +89,17 @@ def test_fb_iou_rows_agree_with_the_evaluator_in_n_way():
     scores = per_seed(rows)
     assert evaluator.fbiou() == pytest.approx(100.0) and scores["fbiou"].item() == pytest.approx(100.0)
     assert evaluator.miou() == pytest.approx(0.0) and scores["miou"].item() == pytest.approx(0.0)
+
+
+def test_paired_difference_matches_seeds_and_needs_two_to_resolve():
+    import pandas as pd
+
+    from fsslib.engine.statistics import paired_difference
+
+    a = pd.Series({0: 50.0, 1: 52.0, 2: 51.0, 3: 60.0})
+    b = pd.Series({2: 49.0, 1: 50.0, 0: 48.0})  # seed 3 has no pair
+    paired = paired_difference(a, b)
+    assert (paired.mean, paired.n) == (2.0, 3) and paired.half == 0.0 and paired.resolved
+    single = paired_difference(a[:1], b)
+    assert single.n == 1 and np.isnan(single.half) and not single.resolved
+    assert paired_difference(a[3:], b).n == 0

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, oracle_episode, sample_episodes
@@ -33,6 +32,7 @@ from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
 from .evaluator import Evaluator, episode_counts
 from .feature_cache import FeatureCache, backbone_frozen, cache_key
+from .statistics import interval95, with_interval  # noqa: F401 - re-exported: the protocol's summaries
 from .trainer import runs_dir
 
 ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
@@ -219,14 +219,6 @@ def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.groupby(keys, sort=False)[["class", "intersection", "union"]].apply(score).reset_index()
 
 
-def interval95(values) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (NaN for a single value: no interval exists)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-
-
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% interval over seeds of mIoU and FB-IoU per (method, fold, shot)."""
     scores = per_seed(rows)
@@ -237,12 +229,6 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         out.append(dict(method=method, fold=fold, shot=shot, seeds=len(g), miou=miou, miou_ci95=miou_ci,
                         fbiou=fbiou, fbiou_ci95=fbiou_ci))
     return pd.DataFrame(out)
-
-
-def with_interval(mean: float, half: float, digits: int = 1, sign: bool = False) -> str:
-    """``"71.7 ± 0.9"``, or ``"71.7 (1 seed)"`` when there is no interval; ``sign`` writes ``+0.4``."""
-    value = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
-    return f"{value} (1 seed)" if np.isnan(half) else f"{value} ± {half:.{digits}f}"
 
 
 def format_summary(summary: pd.DataFrame) -> str:

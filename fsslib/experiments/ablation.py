@@ -27,7 +27,8 @@ import pandas as pd
 
 from ..data import build_source
 from ..engine.episodic import train_fewshot
-from ..engine.protocol import EPISODE_COLUMNS, EvalProtocol, evaluate, interval95, with_interval
+from ..engine.protocol import EPISODE_COLUMNS, EvalProtocol, evaluate
+from ..engine.statistics import class_wise_miou, interval95, paired_difference, with_interval
 from ..engine.trainer import TrainConfig, runs_dir
 from ..runtime import mode_suffix
 from .configs import real_data_recipe, synthetic_recipe
@@ -204,10 +205,7 @@ def _eval_key(variant: Variant, protocol: EvalProtocol) -> str:
 
 def per_training_seed(rows: pd.DataFrame) -> pd.DataFrame:
     """mIoU per (method, fold, shot, train_seed): class-wise IoU accumulated over evaluation seeds."""
-    classes = rows[rows["class"] > 0]
-    sums = classes.groupby(["method", "fold", "shot", "train_seed", "class"], sort=False)[["intersection", "union"]].sum()
-    iou = (sums["intersection"] / sums["union"].where(sums["union"] > 0)).fillna(0)
-    return (100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()).rename("miou").reset_index()
+    return class_wise_miou(rows, ["method", "fold", "shot", "train_seed"]).reset_index()
 
 
 def ablation_table(rows: pd.DataFrame, reference: str | dict[str, str]) -> pd.DataFrame:
@@ -223,10 +221,8 @@ def ablation_table(rows: pd.DataFrame, reference: str | dict[str, str]) -> pd.Da
         row = dict(method=method, fold=fold, shot=shot, seeds=len(group), miou=mean, miou_ci95=half)
         if ref and ref != method:
             base = scores[(scores.method == ref) & (scores.fold == fold) & (scores.shot == shot)]
-            paired = group.merge(base, on="train_seed", suffixes=("", "_ref"))
-            diff, diff_half = interval95(paired["miou"] - paired["miou_ref"])
-            # Without an interval (one seed) nothing is resolved.
-            row.update(reference=ref, diff=diff, diff_ci95=diff_half, resolved=bool(abs(diff) > diff_half))
+            paired = paired_difference(group.set_index("train_seed")["miou"], base.set_index("train_seed")["miou"])
+            row.update(reference=ref, diff=paired.mean, diff_ci95=paired.half, resolved=paired.resolved)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -241,9 +237,9 @@ def shot_gain_table(rows: pd.DataFrame, low: int = 1, high: int = 5) -> pd.DataF
         by_shot = group.pivot(index="train_seed", columns="shot", values="miou")
         if low not in by_shot or high not in by_shot:
             continue
-        diff, half = interval95((by_shot[high] - by_shot[low]).dropna())
+        paired = paired_difference(by_shot[high], by_shot[low])
         out.append(dict(method=method, fold=fold, comparison=f"{high}-shot minus {low}-shot", seeds=len(by_shot),
-                        diff=diff, diff_ci95=half, resolved=bool(abs(diff) > half)))
+                        diff=paired.mean, diff_ci95=paired.half, resolved=paired.resolved))
     return pd.DataFrame(out)
 
 

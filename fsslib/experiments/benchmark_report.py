@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import build_source
-from ..engine.protocol import AllForeground, EvalProtocol, evaluate, interval95, per_seed, with_interval
+from ..engine.protocol import AllForeground, EvalProtocol, evaluate, per_seed
+from ..engine.statistics import paired_difference, with_interval
 from ..models.ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
 from .ablation import train_variant
 from .factors import factor_breakdown, factor_spread, with_factors
@@ -84,8 +85,8 @@ def measure(fold: int = 0, episodes: int = 1000, seeds: tuple[int, ...] = (0, 1,
     scores = per_seed(rows).pivot(index="seed", columns=["method", "shot"], values="miou")
 
     def gap(a, b):
-        mean, half = interval95(scores[a] - scores[b])
-        return mean, half, with_interval(mean, half, sign=True)
+        paired = paired_difference(scores[a], scores[b])
+        return paired.mean, paired.half, with_interval(paired.mean, paired.half, sign=True)
 
     colour, _, colour_text = gap(("raw-RGB prototype", 1), ("all-foreground", 1))
     headroom, _, headroom_text = gap(("oracle", 1), ("ProtoNet", 1))

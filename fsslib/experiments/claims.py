@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..engine.protocol import interval95, with_interval
+from ..engine.statistics import paired_difference, with_interval
 from ..reference import published
 from .ablation import per_training_seed
 
@@ -100,13 +100,12 @@ def score(claim: Claim, scores: pd.DataFrame) -> dict:
         return chosen.groupby("train_seed")["miou"].mean()  # mean over folds
 
     reference_shot = claim.reference_shot or claim.shot
-    paired = (seeds(claim.row, claim.shot) - seeds(claim.reference, reference_shot)).dropna()
-    effect, half = interval95(paired) if len(paired) else (np.nan, np.nan)
+    paired = paired_difference(seeds(claim.row, claim.shot), seeds(claim.reference, reference_shot))
     expected = 1.0 if claim.paper_effect is None else np.sign(claim.paper_effect)
     return dict(claim=claim.claim, paper=claim.paper, table=claim.table, row=claim.row, reference=claim.reference,
-                shot=claim.shot, reference_shot=reference_shot, paper_effect=claim.paper_effect, effect=effect,
-                effect_ci95=half, seeds=len(paired), resolved=bool(abs(effect) > half),
-                sign_agrees=bool(np.sign(effect) == expected) if len(paired) else False)
+                shot=claim.shot, reference_shot=reference_shot, paper_effect=claim.paper_effect, effect=paired.mean,
+                effect_ci95=paired.half, seeds=paired.n, resolved=paired.resolved,
+                sign_agrees=bool(np.sign(paired.mean) == expected) if paired.n else False)
 
 
 def scorecard(rows_by_table: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -19,7 +19,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from ..engine.protocol import EvalProtocol, interval95, with_interval
+from ..engine.protocol import EvalProtocol
+from ..engine.statistics import interval95, with_interval
 from ..engine.trainer import runs_dir
 from .ablation import Variant, per_training_seed, run_ablation
 from .tables.main import PROTONET

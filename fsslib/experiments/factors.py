@@ -15,7 +15,7 @@ import pandas as pd
 from ..analysis.plotting import factor_panels, save_figure
 from ..data import build_source
 from ..data.factors import FACTOR_BINS, FACTORS, episode_factors
-from ..engine.protocol import interval95
+from ..engine.statistics import class_wise_miou, interval95
 from .ablation import run_ablation
 from .profiles import evaluations_dir, figures_of, protocol_of, results_root
 from .tables import tables
@@ -34,8 +34,7 @@ def with_factors(episode_rows: pd.DataFrame, records) -> pd.DataFrame:
 def bin_miou(episodes: pd.DataFrame) -> float:
     """mIoU (percent) of a set of episodes: class-wise sums of intersections and unions, then the mean
     over the classes present (a bin need not hold every class)."""
-    sums = episodes.groupby("class")[["intersection", "union"]].sum()
-    return float(100 * (sums["intersection"] / sums["union"].clip(lower=1)).mean())
+    return float(class_wise_miou(episodes.assign(all=0), ["all"]).iloc[0])
 
 
 def factor_breakdown(rows: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import torch
 
 from ..analysis.plotting import overlay, save_figure
 from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform, sample_episodes
-from ..engine.protocol import interval95, with_interval
+from ..engine.statistics import interval95, paired_difference, with_interval
 from ..engine.trainer import read_log, to_device
 from ..models import build_model
 from ..reference import published
@@ -170,9 +170,9 @@ def main_table(rows: pd.DataFrame, table, profile, source) -> str:
             diff, flag = "", ""
             if variant.name != reference:
                 ref = miou[(miou.method == reference) & (miou.shot == shot)].groupby("train_seed")["miou"].mean()
-                paired = (seed_means - ref).dropna()
-                d, h = interval95(paired)
-                diff, flag = with_interval(d, h, 2, sign=True), "" if abs(d) > h else "not resolved"
+                paired = paired_difference(seed_means, ref)
+                diff = with_interval(paired.mean, paired.half, 2, sign=True)
+                flag = "" if paired.resolved else "not resolved"
             cells = [variant.name, str(shot), *per_fold, with_interval(*interval95(seed_means)),
                      with_interval(*interval95(fb_means)), diff, flag, params, ms,
                      paper_value("main", variant, shot)]

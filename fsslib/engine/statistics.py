@@ -1,0 +1,61 @@
+"""The statistics of every table, in one place: class-wise accumulated mIoU, 95% intervals over
+seeds, and paired differences.
+
+- mIoU sums intersections and unions per class over the episodes it covers, then averages the
+  classes' IoUs (a class whose union is empty scores 0), as the official evaluation code does.
+- An interval is the 95% t-interval of a mean over seeds (training seeds for a table row,
+  evaluation seeds elsewhere); with one seed there is none (NaN).
+- A paired difference subtracts two rows seed by seed (same training episodes, same test
+  episodes) and takes the interval of those differences; it is *resolved* when the interval
+  excludes zero, and never with a single seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def interval95(values) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval (NaN for a single value: no interval exists)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def with_interval(mean: float, half: float, digits: int = 1, sign: bool = False) -> str:
+    """``"71.7 ± 0.9"``, or ``"71.7 (1 seed)"`` when there is no interval; ``sign`` writes ``+0.4``."""
+    value = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return f"{value} (1 seed)" if np.isnan(half) else f"{value} ± {half:.{digits}f}"
+
+
+def class_wise_miou(rows: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """mIoU in percent per group of ``keys``: intersections and unions of each class (rows with
+    ``class > 0``) summed over the group's rows, then the mean of the classes' IoUs."""
+    classes = rows[rows["class"] > 0]
+    sums = classes.groupby([*keys, "class"], sort=False)[["intersection", "union"]].sum()
+    iou = (sums["intersection"] / sums["union"].where(sums["union"] > 0)).fillna(0)
+    return (100 * iou.groupby(keys, sort=False).mean()).rename("miou")
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    mean: float
+    half: float  # half-width of the 95% interval; NaN without one
+    n: int  # pairs (seeds)
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes zero (False without an interval)."""
+        return bool(abs(self.mean) > self.half)
+
+
+def paired_difference(values: pd.Series, reference: pd.Series) -> PairedDifference:
+    """``values - reference`` matched on their index (the seed), with its 95% interval."""
+    paired = (values - reference).dropna()
+    if paired.empty:
+        return PairedDifference(float("nan"), float("nan"), 0)
+    return PairedDifference(*interval95(paired), len(paired))
