@@ -32,7 +32,7 @@ from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
 from .evaluator import Evaluator, episode_counts
 from .feature_cache import FeatureCache, backbone_frozen, cache_key
-from .statistics import interval95, with_interval  # noqa: F401 - re-exported: the protocol's summaries
+from .statistics import class_wise_miou, interval95, with_interval  # noqa: F401 - interval95 re-exported
 from .trainer import runs_dir
 
 ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
@@ -208,15 +208,13 @@ def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protoco
 
 def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
     """mIoU and FB-IoU of every (method, fold, shot, seed), in percent."""
-    def score(group: pd.DataFrame) -> pd.Series:
-        classes = group[group["class"] > 0]
-        iou = classes["intersection"] / classes["union"].where(classes["union"] > 0)
+    def fb_iou(group: pd.DataFrame) -> float:
         fb = [group.loc[group["class"] == c, ["intersection", "union"]].sum() for c in (0, -1)]
-        fbiou = 0.5 * sum(f["intersection"] / max(f["union"], 1) for f in fb)
-        return pd.Series({"miou": 100 * iou.fillna(0).mean(), "fbiou": 100 * fbiou})
+        return 100 * (0.5 * sum(f["intersection"] / max(f["union"], 1) for f in fb))
 
     keys = ["method", "fold", "shot", "seed"]
-    return rows.groupby(keys, sort=False)[["class", "intersection", "union"]].apply(score).reset_index()
+    fbiou = rows.groupby(keys, sort=False)[["class", "intersection", "union"]].apply(fb_iou).rename("fbiou")
+    return pd.concat([class_wise_miou(rows, keys), fbiou], axis=1).reset_index()
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:

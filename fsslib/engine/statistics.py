@@ -33,11 +33,14 @@ def with_interval(mean: float, half: float, digits: int = 1, sign: bool = False)
 
 
 def class_wise_miou(rows: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """mIoU in percent per group of ``keys``: intersections and unions of each class (rows with
-    ``class > 0``) summed over the group's rows, then the mean of the classes' IoUs."""
+    """mIoU in percent per group of ``keys`` (no keys: one value for all ``rows``): intersections
+    and unions of each class (rows with ``class > 0``) summed over the group's rows, then the mean
+    of the classes' IoUs."""
     classes = rows[rows["class"] > 0]
     sums = classes.groupby([*keys, "class"], sort=False)[["intersection", "union"]].sum()
     iou = (sums["intersection"] / sums["union"].where(sums["union"] > 0)).fillna(0)
+    if not keys:
+        return pd.Series([100 * iou.mean()], name="miou")
     return (100 * iou.groupby(keys, sort=False).mean()).rename("miou")
 
 

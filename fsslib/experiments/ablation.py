@@ -238,7 +238,7 @@ def shot_gain_table(rows: pd.DataFrame, low: int = 1, high: int = 5) -> pd.DataF
         if low not in by_shot or high not in by_shot:
             continue
         paired = paired_difference(by_shot[high], by_shot[low])
-        out.append(dict(method=method, fold=fold, comparison=f"{high}-shot minus {low}-shot", seeds=len(by_shot),
+        out.append(dict(method=method, fold=fold, comparison=f"{high}-shot minus {low}-shot", seeds=paired.n,
                         diff=paired.mean, diff_ci95=paired.half, resolved=paired.resolved))
     return pd.DataFrame(out)
 

@@ -34,7 +34,7 @@ def with_factors(episode_rows: pd.DataFrame, records) -> pd.DataFrame:
 def bin_miou(episodes: pd.DataFrame) -> float:
     """mIoU (percent) of a set of episodes: class-wise sums of intersections and unions, then the mean
     over the classes present (a bin need not hold every class)."""
-    return float(class_wise_miou(episodes.assign(all=0), ["all"]).iloc[0])
+    return float(class_wise_miou(episodes, []).iloc[0])
 
 
 def factor_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def factor_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
                 in_bin = group[group[factor] == label]
                 if in_bin.empty:
                     continue
-                per_seed = pd.Series({seed: bin_miou(g) for seed, g in in_bin.groupby("train_seed")})
+                per_seed = class_wise_miou(in_bin, ["train_seed"])
                 mean, half = interval95(per_seed)
                 episodes = len(in_bin) / max(in_bin["train_seed"].nunique(), 1)
                 out.append(dict(method=method, shot=shot, factor=factor, bin=label, miou=mean, miou_ci95=half,
