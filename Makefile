@@ -18,7 +18,9 @@ setup: $(VENV)/.installed
 
 # One intra-op thread: the tests run many tiny convolutions, where two threads on two cores
 # (or beside another job) spend most of their time waiting on each other.
+# ruff first: lint and import order fail fast, before the slow tests.
 test: $(VENV)/.installed
+	$(PY) -m ruff check fsslib tests tools
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 reproduce: $(VENV)/.installed

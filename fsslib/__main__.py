@@ -216,9 +216,8 @@ def command_bench(args) -> None:
 
 
 def command_collapse(args) -> None:
-    from .experiments.collapse import collapse_table, format_collapse_table, run_study
-
     from .experiments.ablation import results_dir
+    from .experiments.collapse import collapse_table, format_collapse_table, run_study
 
     seeds = tuple(int(s) for s in args.seeds.split(","))
     table = format_collapse_table(collapse_table(run_study(seeds, jobs=args.jobs, episodes=args.episodes)))

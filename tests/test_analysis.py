@@ -6,9 +6,19 @@ import pandas as pd
 import pytest
 import torch
 
-from fsslib.analysis import (PrototypeSet, class_similarity_matrix, collect_prototypes, object_map,
-                             pixel_similarity_pairs, prototype_distances, prototype_similarity_pairs, sample_pixels,
-                             silhouette_by_class, similarity_table, tsne)
+from fsslib.analysis import (
+    PrototypeSet,
+    class_similarity_matrix,
+    collect_prototypes,
+    object_map,
+    pixel_similarity_pairs,
+    prototype_distances,
+    prototype_similarity_pairs,
+    sample_pixels,
+    silhouette_by_class,
+    similarity_table,
+    tsne,
+)
 from fsslib.data import EpisodeDataset, collate_episodes, eval_transform, sample_episodes
 from fsslib.data.sources import LABEL_IGNORE
 from fsslib.models import build_model, masked_average_pooling

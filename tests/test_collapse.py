@@ -1,8 +1,14 @@
 """The collapse study's candidates and its table; the synthetic recipe's head switches."""
 import pandas as pd
 
-from fsslib.experiments.collapse import (AUTHORS_HEAD, CANDIDATES, HEADS, candidate_variants, collapse_table,
-                                         format_collapse_table)
+from fsslib.experiments.collapse import (
+    AUTHORS_HEAD,
+    CANDIDATES,
+    HEADS,
+    candidate_variants,
+    collapse_table,
+    format_collapse_table,
+)
 from fsslib.experiments.configs import real_data_recipes, synthetic_model_args
 
 

@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from fsslib.data import (EpisodeDataset, EpisodePool, collate_episodes, load_episodes, sample_episodes,
-                         save_episodes, eval_transform, train_transform, weak_annotation)
+from fsslib.data import (
+    EpisodeDataset,
+    EpisodePool,
+    collate_episodes,
+    eval_transform,
+    load_episodes,
+    sample_episodes,
+    save_episodes,
+    train_transform,
+    weak_annotation,
+)
 from fsslib.data.episodes import episode_mask
 from fsslib.data.sources import EXCLUDED, IGNORE, LABEL_IGNORE
 

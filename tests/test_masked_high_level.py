@@ -1,13 +1,12 @@
 """layer4 of the masked supports runs on a crop around the object: the priors must not change."""
 import pytest
 import torch
+from batches import episode_batch  # tests/batches.py
 
 from fsslib.models import build_model
 from fsslib.models.backbones import build_backbone
-from fsslib.models.pfenet import masked_high_level
 from fsslib.models.ops import mask_to_feature_size
-
-from batches import episode_batch  # tests/batches.py
+from fsslib.models.pfenet import masked_high_level
 
 SIZE = 160  # small CNN: 20 x 20 layer3 / layer4 cells, receptive radius of layer4: 4
 

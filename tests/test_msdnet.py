@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import episode_batch  # tests/batches.py
 
 from fsslib.models import build_model
 from fsslib.models.msdnet import (
@@ -16,9 +17,6 @@ from fsslib.models.msdnet import (
     sine_position_encoding,
     two_channel_logits,
 )
-
-from batches import episode_batch  # tests/batches.py
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 

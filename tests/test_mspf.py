@@ -4,13 +4,12 @@ from dataclasses import fields
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import episode_batch  # tests/batches.py
 
 from fsslib.models import build_model
 from fsslib.models.mspf import ASPP, PAPER_ABLATIONS, REAL_DATA_RECIPE, MSPFConfig
 from fsslib.models.ops import mask_to_feature_size
 from fsslib.models.priors import multi_scale_mean_cosine_priors
-
-from batches import episode_batch  # tests/batches.py
 
 BINS = [(8, 8), (4, 4), (2, 2), (1, 1)]  # small CNN at 64x64: 8x8 features
 

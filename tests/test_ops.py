@@ -226,7 +226,8 @@ def test_background_rules_differ_on_void_only():
 
 
 def test_the_excluded_code_is_the_datas_and_can_be_ignored_by_a_loss():
-    from fsslib.data import EXCLUDED as DATA_EXCLUDED, IGNORE
+    from fsslib.data import EXCLUDED as DATA_EXCLUDED
+    from fsslib.data import IGNORE
 
     assert (EXCLUDED, IGNORE_INDEX) == (DATA_EXCLUDED, IGNORE) == (254, 255)
     labels = torch.tensor([[[0, 1, 254, 255]]])  # [B=1, H=1, W=4]

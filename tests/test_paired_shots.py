@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fsslib.data import EpisodePool, first_shots, oracle_episode, sample_episodes
+from fsslib.data.factors import FACTORS
 from fsslib.engine.protocol import EvalProtocol, evaluate, per_seed
 from fsslib.experiments.ablation import shot_gain_table
-from fsslib.data.factors import FACTORS
 from fsslib.models import build_model
 
 

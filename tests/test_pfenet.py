@@ -2,14 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import episode_batch  # tests/batches.py
 
 from fsslib.models import build_model
 from fsslib.models.ops import mask_to_feature_size, masked_average_pooling
 from fsslib.models.pfenet import REAL_DATA_RECIPE, PFENetConfig, pyramid_bins
 from fsslib.models.priors import max_cosine_prior
-
-from batches import episode_batch  # tests/batches.py
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 

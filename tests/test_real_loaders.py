@@ -16,9 +16,21 @@ import pytest
 import torch
 from PIL import Image
 
-from fsslib.data import (COCOSource, DatasetError, Episode, EpisodeDataset, EpisodePool, FSS1000Source,
-                         VOCLayoutSource, base_classes, fold_classes, load_episodes, sample_episodes,
-                         save_episodes, eval_transform)
+from fsslib.data import (
+    COCOSource,
+    DatasetError,
+    Episode,
+    EpisodeDataset,
+    EpisodePool,
+    FSS1000Source,
+    VOCLayoutSource,
+    base_classes,
+    eval_transform,
+    fold_classes,
+    load_episodes,
+    sample_episodes,
+    save_episodes,
+)
 from fsslib.data import sources as sources_module
 from fsslib.data.fss1000 import fss1000_class_names
 from fsslib.data.sources import IGNORE, LABEL_IGNORE

@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
+from test_real_loaders import band_label, save_label, voc_classes, voc_stem  # tests/test_real_loaders.py
 
 from fsslib.data import DatasetError
 from fsslib.experiments import reproduce as reproduce_module
@@ -12,7 +13,6 @@ from fsslib.experiments.ablation import train_config
 from fsslib.experiments.configs import real_data_recipe
 from fsslib.experiments.reproduce import PROFILES, tables
 from fsslib.experiments.tables.main import MAIN_VARIANTS
-from test_real_loaders import band_label, save_label, voc_classes, voc_stem  # tests/test_real_loaders.py
 
 IMAGES = 40  # per split: every class in 8 images, enough for 5-shot episodes
 SIZE = 160  # bands of 30 x 158 pixels: above the loader's 2048-pixel support threshold

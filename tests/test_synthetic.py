@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from fsslib.data import DatasetError, EpisodePool, SyntheticConfig, fold_classes, generate
-from fsslib.data.sources import LABEL_IGNORE
 from fsslib.data.factors import FACTOR_BINS, FACTORS, episode_factors
+from fsslib.data.sources import LABEL_IGNORE
 from fsslib.data.synthetic import MIN_PIXELS, NUM_CLASSES, class_modes, generate_image, read_meta
 
 

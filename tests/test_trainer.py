@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from fsslib.engine.episodic import load_run, train_fewshot
-from fsslib.engine.trainer import (TrainConfig, _rng_states, _set_rng_states, learning_rate_factor, pin_memory_for,
-                                   read_log)
+from fsslib.engine.trainer import (
+    TrainConfig,
+    _rng_states,
+    _set_rng_states,
+    learning_rate_factor,
+    pin_memory_for,
+    read_log,
+)
 
 
 def small_config(**overrides):

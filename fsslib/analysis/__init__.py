@@ -2,9 +2,19 @@
 from .collect import PrototypeSet, collect_prototypes, prototype_distances, support_query_distances
 from .embedding import embed, plot_embedding, silhouette_by_class, tsne
 from .plotting import episode_grid, figures_dir, save_figure
-from .similarity import (PROTOTYPE_STATISTICS, STATISTICS, PixelSample, class_images, class_similarity_matrix,
-                         object_map, pixel_similarity_pairs, prototype_similarity_pairs, sample_pixel_features,
-                         sample_pixels, similarity_table)
+from .similarity import (
+                         PROTOTYPE_STATISTICS,
+                         STATISTICS,
+                         PixelSample,
+                         class_images,
+                         class_similarity_matrix,
+                         object_map,
+                         pixel_similarity_pairs,
+                         prototype_similarity_pairs,
+                         sample_pixel_features,
+                         sample_pixels,
+                         similarity_table,
+)
 
 __all__ = [
     "PROTOTYPE_STATISTICS", "STATISTICS", "PixelSample", "PrototypeSet", "class_images", "class_similarity_matrix",

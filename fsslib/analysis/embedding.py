@@ -133,7 +133,8 @@ def plot_embedding(ax: plt.Axes, points: pd.DataFrame, class_name=str, title: st
         marker = MARKERS[role]
         ax.scatter(group["x"], group["y"], marker=marker, s=size * (2.2 if marker == "*" else 1), linewidths=0.9,
                    c=colours if kind == "novel" else "none", edgecolors=colours, alpha=0.8)
-    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
     if not legend:

@@ -11,7 +11,7 @@ tests do).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -78,8 +78,7 @@ def find_variant(method: str, switches: dict[str, bool]) -> Found | None:
 
 def selection_variant(method: str, switches: dict[str, bool]) -> Variant:
     """A new row for a combination that no table has (trained with the tables' head settings)."""
-    from ..experiments.tables.mspf import SYNTHETIC_HEAD
-    from ..experiments.tables.mspf import PFENET
+    from ..experiments.tables.mspf import PFENET, SYNTHETIC_HEAD
 
     args = dict(SYNTHETIC_HEAD) if method == "mspf" else dict(PFENET.model_args) if method == "pfenet" else {}
     for label, on in switches.items():
@@ -145,7 +144,8 @@ def selection_model(selection: Selection, fold: int):
     on the device it was trained on (a GPU when there is one)."""
     trained = selection.variant
     if trained.trained_as:
-        trained = next(v for t in tables() if t.key == selection.table for v in t.variants if v.name == trained.trained_as)
+        trained = next(v for t in tables() if t.key == selection.table
+                       for v in t.variants if v.name == trained.trained_as)
     seed = selection.profile.seeds[0] if selection.source == "stored" else 0
     model = train_variant(trained, fold, seed, recipe_args=selection.recipe)
     for key, value in selection.variant.eval_args.items():

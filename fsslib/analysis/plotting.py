@@ -55,7 +55,8 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, colours: Sequence = ("red",
         tint = np.asarray(matplotlib.colors.to_rgb(colour))
         region = mask == value
         inner = region.copy()
-        inner[1:-1, 1:-1] = region[1:-1, 1:-1] & region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:]
+        inner[1:-1, 1:-1] = (region[1:-1, 1:-1] & region[:-2, 1:-1] & region[2:, 1:-1]
+                             & region[1:-1, :-2] & region[1:-1, 2:])
         rgb = np.where(region[..., None], 0.5 * rgb + 0.5 * tint, rgb)
         rgb = np.where((region & ~inner)[..., None], tint, rgb)
     return np.where(np.isin(mask, (IGNORE, EXCLUDED))[..., None], IGNORE_RGB, rgb)

@@ -315,7 +315,8 @@ def _pairs_of_objects_in_different_images(rng, objects: np.ndarray, image: np.nd
     while sum(len(f) for f in first) < n:
         a, b = rng.choice(objects, size=2 * n), rng.choice(objects, size=2 * n)
         ok = image[a] != image[b]
-        first.append(a[ok]); second.append(b[ok])
+        first.append(a[ok])
+        second.append(b[ok])
     return np.concatenate(first)[:n], np.concatenate(second)[:n]
 
 

@@ -14,8 +14,18 @@ from pathlib import Path
 
 from ..runtime import fast_mode
 from .coco import COCOSource
-from .episodes import (Episode, EpisodeDataset, EpisodePool, collate_episodes, episode_mask, first_shots,
-                       load_episodes, oracle_episode, sample_episodes, save_episodes)
+from .episodes import (
+    Episode,
+    EpisodeDataset,
+    EpisodePool,
+    collate_episodes,
+    episode_mask,
+    first_shots,
+    load_episodes,
+    oracle_episode,
+    sample_episodes,
+    save_episodes,
+)
 from .folds import BENCHMARKS, base_classes, fold_classes
 from .fss1000 import FSS1000Source
 from .sources import EXCLUDED, IGNORE, DatasetError, Pair, SegmentationSource, VOCLayoutSource, data_root

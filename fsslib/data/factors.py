@@ -30,7 +30,8 @@ import numpy as np
 #: bin ``i`` with ``edges[i] <= x < edges[i + 1]``.
 FACTOR_BINS: dict[str, tuple[tuple[float, ...] | None, tuple[str, ...]]] = {
     "appearance match": (None, ("a support matches", "no support matches")),
-    "scale ratio": ((-math.inf, -1.0, 0.0, 1.0, math.inf), ("query < 1/2 support", "1/2-1", "1-2", "query > 2x support")),
+    "scale ratio": ((-math.inf, -1.0, 0.0, 1.0, math.inf),
+                    ("query < 1/2 support", "1/2-1", "1-2", "query > 2x support")),
     "photometric": ((0.0, 0.1, 0.2, math.inf), ("s < 0.1", "0.1-0.2", "s >= 0.2")),
     "hard negative": (None, ("none", "present")),
     "clutter": ((0, 2, 4, math.inf), ("0-1 blobs", "2-3 blobs", "4-6 blobs")),

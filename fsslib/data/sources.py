@@ -177,7 +177,8 @@ def read_index(path: Path) -> list[Pair]:
                 stem, cls, pixels = line.rstrip("\n").split("\t")
                 pairs.append(Pair(stem, int(cls), int(pixels)))
             except ValueError:
-                raise DatasetError(f"index file {path}, line {lineno}: expected 'stem<TAB>class<TAB>pixels', got {line!r}") from None
+                raise DatasetError(f"index file {path}, line {lineno}: expected 'stem<TAB>class<TAB>pixels', "
+                                   f"got {line!r}") from None
     return pairs
 
 

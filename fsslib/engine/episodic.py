@@ -10,7 +10,15 @@ from pathlib import Path
 
 import torch
 
-from ..data import DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, collate_episodes, eval_transform, train_transform
+from ..data import (
+    DEFAULT_SIZES,
+    EpisodeDataset,
+    EpisodePool,
+    build_source,
+    collate_episodes,
+    eval_transform,
+    train_transform,
+)
 from ..models import FewShotSegmenter, build_model
 from ..runtime import default_device
 from .feature_cache import CachedEpisodeDataset, FeatureCache, backbone_frozen
@@ -36,7 +44,7 @@ def cached_fewshot_dataset(config: TrainConfig, model: FewShotSegmenter, source=
                          f"augment: {config.augment})")
     source = source or build_source(config.benchmark, config.data_root)
     pool = EpisodePool.for_fold(source, config.fold, "train", config.convention)
-    stems = {s for stems in pool.queries.values() for s in stems} | {s for stems in pool.supports.values() for s in stems}
+    stems = {s for stems in (*pool.queries.values(), *pool.supports.values()) for s in stems}
     device = default_device(config.device)
     # The store is shared by every run on this backbone and fold (each variant, each seed).
     cache = FeatureCache(model.to(device).eval(), source, stems, config.image_size or DEFAULT_SIZES[config.benchmark],
@@ -79,7 +87,8 @@ def train_fewshot(config: TrainConfig, run_dir: str | os.PathLike | None = None,
     return trainer.fit(progress=progress, stop_after=stop_after)
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = None) -> tuple[FewShotSegmenter, TrainConfig]:
+def load_run(run_dir: str | os.PathLike,
+             device: str | torch.device | None = None) -> tuple[FewShotSegmenter, TrainConfig]:
     """The finished model of a run directory and its training config."""
     run_dir = Path(run_dir)
     config_path, weights = run_dir / "config.json", run_dir / "model.pt"

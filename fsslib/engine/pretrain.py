@@ -7,7 +7,6 @@ methods are compared on one footing, like papers that all start from the same Im
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -9,22 +9,22 @@ goes through the backbone **once per protocol run** (:class:`~fsslib.engine.feat
 episodes are then assembled from cached features and only the method's head runs, in batches.
 
 Results are rows ``(method, fold, shot, seed, class, intersection, union)``; class 0 holds the
-background and class -1 the (class-agnostic) foreground counts of FB-IoU. :func:`summarize` turns rows into mIoU and FB-IoU
+background and class -1 the (class-agnostic) foreground counts of FB-IoU. :func:`summarize` turns rows into mIoU
+and FB-IoU
 per seed, then a mean and a 95% t-interval over seeds. ``evaluate(..., episode_rows=[])`` also
 collects one row per 1-way episode (its query, supports, class and foreground counts): summed per
 class they give the same IoU, and any subset of episodes, such as a factor's bin, gets its own.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..data import DEFAULT_SIZES, EpisodePool, eval_transform, oracle_episode, sample_episodes
+from ..data import DEFAULT_SIZES, EpisodePool, oracle_episode, sample_episodes
 from ..data.episodes import Episode, episode_mask
 from ..data.folds import COCO_CONVENTIONS
 from ..data.weak import WEAK_ANNOTATIONS, weak_annotation
@@ -115,7 +115,8 @@ class AllForeground(nn.Module):
 
 def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalProtocol(), method: str = "model",
              device: str | torch.device | None = None, progress: bool = False,
-             pool: EpisodePool | None = None, caches: dict | None = None, episode_rows: list[dict] | None = None) -> pd.DataFrame:
+             pool: EpisodePool | None = None, caches: dict | None = None,
+             episode_rows: list[dict] | None = None) -> pd.DataFrame:
     """Evaluate ``model`` on ``fold`` under ``protocol``; returns IoU rows (see module docstring).
 
     ``caches``: a dict in which feature caches are kept and looked up by

@@ -31,8 +31,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
 from ..runtime import default_device
+from . import distributed
 
 
 @dataclass
@@ -272,7 +272,8 @@ class Trainer:
             self._dataset = self._dataset()
         config = self.config
         if len(self._dataset) < config.steps * config.batch_size:
-            raise ValueError(f"dataset has {len(self._dataset)} items; {config.steps} steps x {config.batch_size} needed")
+            raise ValueError(f"dataset has {len(self._dataset)} items; "
+                             f"{config.steps} steps x {config.batch_size} needed")
         return self._dataset
 
     @property
@@ -291,7 +292,8 @@ class Trainer:
             if stored != record:
                 changed = sorted(k for k in set(stored["train"]) | set(record["train"])
                                  if stored["train"].get(k) != record["train"].get(k))
-                raise ValueError(f"run {self.run_dir} was started with another config (differs in {changed or 'model'}); "
+                raise ValueError(f"run {self.run_dir} was started with another config "
+                                 f"(differs in {changed or 'model'}); "
                                  "use another run directory or delete it")
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -356,7 +358,8 @@ class Trainer:
         if rng_states is not None:
             _set_rng_states(rng_states)
         log = self._open_log(step)
-        started, last_step = time.perf_counter(), config.steps if stop_after is None else min(config.steps, step + stop_after)
+        started = time.perf_counter()
+        last_step = config.steps if stop_after is None else min(config.steps, step + stop_after)
         model.train()
         bar = tqdm(total=config.steps, initial=step, desc=self.run_dir.name, disable=not progress, leave=False)
         try:

@@ -93,7 +93,8 @@ def train_config(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0,
     changes, see :func:`method_recipe`; their ``model_args`` are merged into the model's), then
     the variant's ``train_args``."""
     if benchmark == "synthetic":
-        config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed, **variant.model_args)
+        config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed,
+                                  **variant.model_args)
     else:
         config = real_data_recipe(variant.model, benchmark, fold=fold, seed=seed, source=source, **variant.model_args)
     recipe = method_recipe(recipe_args, variant.model)
@@ -144,7 +145,8 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     caches, cached_weights = {}, None
     for index in tqdm(order, desc="ablation", disable=not progress):
         variant, seed = jobs[index]
-        cached = evaluation_path(results, variant, protocol, fold, seed, pretrain_seed, recipe_args) if results else None
+        cached = (evaluation_path(results, variant, protocol, fold, seed, pretrain_seed, recipe_args)
+                  if results else None)
         wanted = episode_path(cached) if (cached and episodes) else cached
         if wanted and wanted.exists():
             frames[index] = pd.read_csv(wanted).assign(method=variant.name)

@@ -313,7 +313,8 @@ def format_bench(inference: list[InferenceRow], training, images: int = 500, epi
                      f"| {row.ratio_torchvision:.2f} | {row.ratio_torchvision_macs:.2f} | {reference} |")
     lines += ["", f"Evaluation, {episodes} episodes ({episodes // 1000} seeds x 1000) served by {images} test images: "
               "feature cache vs features per episode:", "",
-              "| method | shot | speed-up with the cache | if time were multiply-adds | head / extraction, multiply-adds |",
+              "| method | shot | speed-up with the cache | if time were multiply-adds "
+              "| head / extraction, multiply-adds |",
               "|---|---|---|---|---|"]
     for row in inference:
         lines.append(f"| {row.method} | {row.shot} | {row.cache_speedup(images, episodes):.1f}x "

@@ -65,8 +65,7 @@ def _more_shots(model: str) -> float | None:
 def claims() -> list[Claim]:
     """Every claim, in the order of the tables."""
     from .tables.main import MAIN_VARIANTS, PROTONET
-    from .tables.mspf import (MSPF_FULL, MSPF_TABLE3, MSPF_TABLE4, MSPF_TABLE5, PFENET, PFENET_NO_PRIOR,
-                              paper_miou)
+    from .tables.mspf import MSPF_FULL, MSPF_TABLE3, MSPF_TABLE4, MSPF_TABLE5, PFENET, PFENET_NO_PRIOR, paper_miou
     from .tables.ssp import BASELINE_ROW, SSP_ROW
 
     out = [Claim("PAR helps", "Wang et al., PANet", "panet", "PANet, PAR on", "PANet, PAR off", shot,

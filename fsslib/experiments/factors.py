@@ -89,7 +89,8 @@ def stored_or_computed_factors(profile, recompute: bool = False) -> pd.DataFrame
     computed here from the main table's runs (trained where missing) and stored."""
     path = results_root(profile) / "factors.csv"
     if recompute or not path.exists():
-        print(f"Computing the factor breakdown of profile {profile.name} (the main table's runs, trained where missing)")
+        print(f"Computing the factor breakdown of profile {profile.name} "
+              "(the main table's runs, trained where missing)")
         path, _ = write_factors(profile, progress=True)
     else:
         print(f"Stored factor breakdown of `make reproduce` (profile {profile.name}): {path.name}, read-only")

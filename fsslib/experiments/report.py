@@ -27,11 +27,19 @@ from ..engine.statistics import interval95, paired_difference, with_interval
 from ..engine.trainer import read_log, to_device
 from ..models import build_model
 from ..reference import published
+from .ablation import (
+    ablation_table,
+    format_ablation,
+    per_training_seed,
+    run_ablation,
+    shot_gain_table,
+    train_config,
+    train_variant,
+    variant_run_dir,
+)
 from .claims import format_scorecard, scorecard
 from .factors import write_factors
 from .profiles import evaluations_dir, figures_of, protocol_of, results_root
-from .ablation import (ablation_table, format_ablation, per_training_seed, run_ablation, shot_gain_table, train_config,
-                       train_variant, variant_run_dir)
 
 # ---------------------------------------------------------------------- the papers' numbers
 PAPER_NOTE = "paper: PASCAL-5i, ResNet-50 unless noted"
@@ -95,7 +103,8 @@ def fb_iou_per_training_seed(rows: pd.DataFrame) -> pd.DataFrame:
     fb = rows[rows["class"] <= 0]
     sums = fb.groupby(["method", "fold", "shot", "train_seed", "class"], sort=False)[["intersection", "union"]].sum()
     iou = sums["intersection"] / sums["union"].where(sums["union"] > 0)
-    return (100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()).rename("fbiou").reset_index()
+    fbiou = 100 * iou.groupby(["method", "fold", "shot", "train_seed"], sort=False).mean()
+    return fbiou.rename("fbiou").reset_index()
 
 
 def learnable_parameters(variant, profile=None) -> int:
@@ -358,7 +367,8 @@ def write_report(profile, source, tables: list) -> Path:
     parts += ["", "## Collapse check", "", collapse_check(scores, PROTONET.name)]
     card = scorecard(rows_by_table)
     card.round(3).to_csv(root / "claims.csv", index=False)
-    parts += ["", "## Claims scorecard", "", "Each claim of the seed papers, its effect in the paper and ours (row minus "
+    parts += ["", "## Claims scorecard", "",
+              "Each claim of the seed papers, its effect in the paper and ours (row minus "
               "reference, paired per training seed on identical episodes, 95% interval). Written from the tables "
               "above whatever it says; the benchmark's knobs were fixed before any table was run.", "",
               format_scorecard(card)]

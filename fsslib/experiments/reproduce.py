@@ -33,13 +33,32 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..analysis.plotting import episode_grid, save_figure
-from ..data import (DEFAULT_SIZES, EpisodeDataset, EpisodePool, build_source, eval_transform, prepare_synthetic,
-                    sample_episodes, synthetic_class_name)
+from ..data import (
+    DEFAULT_SIZES,
+    EpisodeDataset,
+    EpisodePool,
+    build_source,
+    eval_transform,
+    prepare_synthetic,
+    sample_episodes,
+    synthetic_class_name,
+)
 from ..data.summary import fold_summary, split_sizes
 from .ablation import Variant, _slug, run_ablation
+
 # Re-exported: notebooks and scripts find a profile's settings and tables through reproduce.
-from .profiles import (DEFAULT_RECIPE, PROFILES, Profile, default_profile_name, evaluations_dir,  # noqa: F401
-                       figures_of, notebook_profile, protocol_of, results_root, stored_rows)
+from .profiles import (  # noqa: F401
+    DEFAULT_RECIPE,
+    PROFILES,
+    Profile,
+    default_profile_name,
+    evaluations_dir,
+    figures_of,
+    notebook_profile,
+    protocol_of,
+    results_root,
+    stored_rows,
+)
 from .report import table_rows, write_report
 from .tables import Table, reference_rows, tables, with_reference_rows  # noqa: F401
 

@@ -20,7 +20,7 @@ Shapes (B episodes, S = N*K supports, way-major; h x w = feature size; H x W = i
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

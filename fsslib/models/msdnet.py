@@ -43,10 +43,12 @@ Spatial transformer decoder (STD): one DETR decoder layer, post-norm, on a singl
     dropout 0.1:
 
     .. math::
-        t_1 &= \operatorname{LN}_1\big(t_0 + \operatorname{Drop}(\operatorname{MHA}_{self}(t_0 + e,\ t_0 + e,\ t_0))\big) \\
+        t_1 &= \operatorname{LN}_1\big(t_0 + \operatorname{Drop}(
+            \operatorname{MHA}_{self}(t_0 + e,\ t_0 + e,\ t_0))\big) \\
         t_2 &= \operatorname{LN}_2\big(t_1 + \operatorname{Drop}(\operatorname{MHA}_{cross}(t_1 + e,\
             X_q^{mid} + \mathrm{PE},\ X_q^{mid}))\big) \\
-        t_3 &= \operatorname{LN}_3\big(t_2 + \operatorname{Drop}(W_2\, \operatorname{Drop}(\operatorname{ReLU}(W_1 t_2 + b_1)) + b_2)\big),
+        t_3 &= \operatorname{LN}_3\big(t_2 + \operatorname{Drop}(
+            W_2\, \operatorname{Drop}(\operatorname{ReLU}(W_1 t_2 + b_1)) + b_2)\big),
         \qquad t = \operatorname{LN}(t_3)
 
     Per head :math:`j` (dimension :math:`d = W / 4`) the cross-attention weights over the query
@@ -84,7 +86,8 @@ Multi-scale decoder: stride 8 -> 4 -> 2, support features fused by residual conn
     Support features for the decoder, per shot, then reduced over the shots (``decoder_shots``):
 
     .. math::
-        D = \operatorname{Drop}_{0.5}(\operatorname{ReLU}(\operatorname{BN}(W^{D}_{1\times1}\, \mathrm{layer4}_s))) \odot m,
+        D = \operatorname{Drop}_{0.5}(\operatorname{ReLU}(
+            \operatorname{BN}(W^{D}_{1\times1}\, \mathrm{layer4}_s))) \odot m,
         \qquad E = p_k \odot m \quad (\text{the prototype spread over the support object})
 
     and, with :math:`R_j(x, S) = \operatorname{CBR}_{3\times3}[x; S]` (2W -> W) and

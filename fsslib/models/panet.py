@@ -88,8 +88,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import (IGNORE_INDEX, background_mask, cosine_logits, foreground_mask, hard_labels, masked_average_pooling,
-                  resize_to)
+from .ops import (
+    IGNORE_INDEX,
+    background_mask,
+    cosine_logits,
+    foreground_mask,
+    hard_labels,
+    masked_average_pooling,
+    resize_to,
+)
 from .protonet import ProtoNet, ProtoNetConfig
 
 __all__ = ["PANet", "PANetConfig", "REAL_DATA_RECIPE", "par_loss", "par_targets", "prototype_alignment"]
@@ -136,7 +143,8 @@ def prototype_alignment(query_feats: Tensor, query_logits: Tensor, support_feats
     predicted = F.one_hot(hard_labels(query_logits), 1 + way).permute(0, 3, 1, 2).to(query_feats.dtype)
     # The masks are already h x w, so "resize_mask" resizes nothing: sum F [y=j] / (sum [y=j] + eps).
     pooled = query_feats.unsqueeze(1).expand(-1, 1 + way, -1, -1, -1).flatten(0, 1)
-    query_prototypes = masked_average_pooling(pooled, predicted.flatten(0, 1), "resize_mask", eps).unflatten(0, (b, 1 + way))
+    query_prototypes = masked_average_pooling(pooled, predicted.flatten(0, 1), "resize_mask", eps)
+    query_prototypes = query_prototypes.unflatten(0, (b, 1 + way))
     par_valid = predicted[:, 1:].sum(dim=(2, 3)) > 0
 
     # Support n*K + k is matched against [p_bg, p_n]: [B, N, 2, C] -> one pair per support [B*S, 2, C].

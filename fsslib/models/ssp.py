@@ -147,8 +147,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FewShotSegmenter, ModelConfig
-from .ops import (IGNORE_INDEX, background_mask, cosine_logits, excluded_as_ignore, foreground_mask, gather_cells,
-                  masked_average_pooling, resize_to, unit_vectors, weighted_cell_sum)
+from .ops import (
+    IGNORE_INDEX,
+    background_mask,
+    cosine_logits,
+    excluded_as_ignore,
+    foreground_mask,
+    gather_cells,
+    masked_average_pooling,
+    resize_to,
+    unit_vectors,
+    weighted_cell_sum,
+)
 
 #: The authors' training recipe (``main.py`` of fanq15/SSP): ResNet-50 from ImageNet with the stem,
 #: layer1 and every BatchNorm frozen (the SSPConfig defaults), SGD (momentum 0.9, weight decay
