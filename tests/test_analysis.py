@@ -267,10 +267,3 @@ def test_collected_background_prototypes_follow_the_models_background_rule(synth
         output = model(batch)
     torch.testing.assert_close(torch.from_numpy(prototypes.select(role="support", region="bg").vectors),
                                output["prototypes"][:, 0], rtol=1e-4, atol=1e-5)
-
-
-def test_support_query_distances_stays_importable_from_prototypes():
-    from fsslib.analysis.collect import support_query_distances as new
-    from fsslib.analysis.prototypes import support_query_distances
-
-    assert support_query_distances is new

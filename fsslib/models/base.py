@@ -41,6 +41,10 @@ class ModelConfig:
     frozen_stages: tuple[str, ...] | str = ()
     #: Hold BatchNorm statistics fixed (eval mode) even while training.
     freeze_bn: bool = False
+    #: Run the fast twins of :mod:`fsslib.models.fast` where a method has them; False runs the
+    #: plain code of the method file, which computes the same outputs (tests/test_fast_paths.py)
+    #: more slowly. Every stored result was computed with the fast twins.
+    fast_paths: bool = True
 
 
 class FewShotSegmenter(nn.Module):
@@ -115,8 +119,3 @@ class FewShotSegmenter(nn.Module):
 
     def learnable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    @staticmethod
-    def split_supports(support_feats: Tensor, way: int) -> Tensor:
-        """``[B, N*K, ...]`` -> ``[B, N, K, ...]`` (supports are way-major)."""
-        return support_feats.unflatten(1, (way, support_feats.shape[1] // way))
