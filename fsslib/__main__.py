@@ -82,11 +82,11 @@ def check_experiment_overrides(name: str, overrides: dict) -> None:
     runs, which pre-trains the fold's backbone on first use (minutes): on the config the overrides
     make of the recipe's defaults (its values but the pre-trained weights), and by building the model."""
     from .engine.trainer import TrainConfig
-    from .experiments.configs import EXPERIMENTS, synthetic_model_args
-    from .models.registry import build_model
+    from .experiments.configs import synthetic_model_args
+    from .models.registry import METHODS, build_model
 
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment '{name}'; valid names: {list(EXPERIMENTS)} (or a path to a config.json)")
+    if name not in METHODS:
+        raise ValueError(f"unknown experiment '{name}'; valid names: {list(METHODS)} (or a path to a config.json)")
     base = vars(TrainConfig(model=name, model_args=synthetic_model_args(name)))
     config = TrainConfig.from_dict(override_train_values(base, overrides))
     try:
@@ -204,13 +204,15 @@ def command_bench(args) -> None:
 
     import torch
 
-    from .experiments.bench import BENCH_SETTINGS, format_bench, inference_rows, training_rows
+    from .experiments.bench import bench_settings, format_bench, inference_rows, training_rows
+    from .models.registry import METHODS
     from .runtime import default_device
 
-    methods = args.methods.split(",") if args.methods else ["protonet", *BENCH_SETTINGS]
+    methods = args.methods.split(",") if args.methods else list(METHODS)
     print(f"device: {default_device(args.device)}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} intra-op threads\n", flush=True)
-    inference = inference_rows([m for m in methods if m in BENCH_SETTINGS], repeats=args.repeats, device=args.device)
+    inference = inference_rows([m for m in methods if m in bench_settings()], repeats=args.repeats,
+                               device=args.device)
     training = training_rows(methods, device=args.device)
     print(format_bench(inference, training, images=args.images, episodes=args.episodes))
 

@@ -1,10 +1,10 @@
 """The ablation explorer finds the table row of a switch combination, or builds a new one."""
-from fsslib.analysis.explorer import SWITCHES, default_switches, find_variant, selection_variant
+from fsslib.experiments.explorer import METHODS, default_switches, find_variant, selection_variant, switches_of
 from fsslib.models.registry import method_class
 
 
 def test_every_switch_names_config_fields_of_its_method():
-    for method, switches in SWITCHES.items():
+    for method, switches in ((m, switches_of(m)) for m in METHODS):
         fields = set(method_class(method).config_class.__dataclass_fields__)
         assert all(set(names) <= fields for names in switches.values()), method
 
@@ -31,7 +31,7 @@ def test_a_combination_no_table_has_becomes_a_new_variant_with_the_table_head():
 def test_stored_rows_come_from_the_table_csv_only_when_every_training_seed_is_there(tmp_path, monkeypatch):
     import pandas as pd
 
-    from fsslib.analysis.explorer import stored_rows
+    from fsslib.experiments.explorer import stored_rows
     from fsslib.experiments.reproduce import PROFILES
 
     monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.registry import REFERENCE_METHOD
 from ..runtime import default_device
 from . import distributed
 
@@ -41,7 +42,7 @@ class TrainConfig:
 
     #: "episodic" (a few-shot method) or "pretrain" (supervised segmentation of a fold's base classes).
     task: str = "episodic"
-    model: str = "protonet"
+    model: str = REFERENCE_METHOD
     #: Keyword arguments of ``build_model(model, ...)`` (the method's config fields).
     model_args: dict = field(default_factory=dict)
     benchmark: str = "synthetic"

@@ -18,6 +18,7 @@ from ..engine.episodic import train_fewshot
 from ..engine.pretrain import pretrained_backbone
 from ..engine.protocol import AllForeground, EvalProtocol, evaluate
 from ..models import build_model
+from ..models.registry import REFERENCE_METHOD
 from .configs import SYNTHETIC_BACKBONE, experiment
 
 
@@ -27,11 +28,11 @@ def baseline_rows(fold: int = 0, seed: int = 0, protocol: EvalProtocol = EvalPro
     notebook's shorter run); None trains (or loads) the standard recipe's run of ``(fold, seed)``."""
     source = build_source("synthetic")
     if trained is None:
-        trained = train_fewshot(experiment("protonet", fold=fold, seed=seed), progress=progress, source=source)
+        trained = train_fewshot(experiment(REFERENCE_METHOD, fold=fold, seed=seed), progress=progress, source=source)
     torch.manual_seed(seed)
-    untrained = build_model("protonet", backbone="smallcnn")
+    untrained = build_model(REFERENCE_METHOD, backbone="smallcnn")
     weights = pretrained_backbone(fold)
-    pretrained = build_model("protonet", **{**SYNTHETIC_BACKBONE, "weights": str(weights)})
+    pretrained = build_model(REFERENCE_METHOD, **{**SYNTHETIC_BACKBONE, "weights": str(weights)})
     candidates = {"all-foreground": AllForeground(), "protonet, random backbone": untrained,
                   "protonet, pre-trained backbone": pretrained, "protonet, episodic training": trained}
     return pd.concat([evaluate(model, source, fold, protocol, method=name, device=device, progress=progress)

@@ -8,7 +8,7 @@ Three measurements, each printed as a table:
    417x417 for PANet. An episode needs K+1 passes through the stages the method reads (SSP stops
    at layer3): that is the floor of the ratio.
    A second column divides by a torchvision ResNet-50 forward at 473 (not dilated),
-   the denominator of the authors'-implementation ratios in :data:`AUTHORS_RATIOS`, and a third
+   the denominator of the authors'-implementation ratios of the method records (``bench``), and a third
    divides their multiply-adds, which no noise on the machine moves.
    The support object covers the middle half of the rows and third of the columns. Two heads
    cost what the data make them cost: PFENet's and MSPF's support layer4 and every max/mean
@@ -37,14 +37,13 @@ from dataclasses import dataclass
 import torch
 
 from ..models import build_model
+from ..models.registry import METHODS, method_record, records
 from ..runtime import default_device
 
-#: Authors' implementations on this project's CPU, per-episode time / torchvision ResNet-50
-#: forward at 473x473 (1-shot, 5-shot); from the scale-and-speed issue.
-AUTHORS_RATIOS = {"ssp": (5.6, 11.5), "panet": (8.3, 36.6), "pfenet": (10.9, 31.3), "msdnet": (10.2, 41.0)}
-#: Backbone and input size of each method in the inference benchmark.
-BENCH_SETTINGS = {"panet": ("vgg16", 417), "ssp": ("resnet50", 473), "pfenet": ("resnet50", 473),
-                  "mspf": ("resnet50", 473), "msdnet": ("resnet50", 473)}
+
+def bench_settings() -> dict:
+    """``{method: BenchSettings}`` of the methods timed at their paper's scale (from their records)."""
+    return {r.name: r.bench for r in records() if r.bench is not None}
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -150,7 +149,7 @@ class InferenceRow:
 
 
 @torch.inference_mode()
-def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3, device=None,
+def inference_rows(methods=None, shots=(1, 5), repeats: int = 3, device=None,
                    size: int | None = None) -> list[InferenceRow]:
     """Time every method; ``size`` replaces the methods' input sizes (a quick check, not the benchmark).
 
@@ -165,9 +164,9 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
     tv_image = torch.randn(1, 3, 473, 473).to(device)  # drawn on the CPU: the same images on every device
     tv_macs = _macs(lambda: tv_resnet(tv_image))
     rows = []
-    for method in methods:
-        backbone, method_size = BENCH_SETTINGS[method]
-        method_size = size or method_size
+    settings = bench_settings()
+    for method in methods or settings:
+        backbone, method_size = settings[method].backbone, size or settings[method].image_size
         torch.manual_seed(0)
         model = build_model(method, backbone=backbone, weights=None).to(device).eval()
         image = torch.randn(1, 3, method_size, method_size).to(device)
@@ -176,6 +175,8 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
                  "backbone": lambda: model.backbone(image, upto=last_stage),
                  "extract": lambda: model.extract(image)}
         episodes = {}
+        # SSP's cost grows with the query pixels it selects as background
+        selects_background = hasattr(model.config, "bg_threshold")
         for shot in shots:
             batch = _episode(method_size, shot, device)
             query_feats, support_feats = model.episode_features(batch)
@@ -186,7 +187,7 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
             episodes[shot] = (batch, head)
             timed[("episode", shot)] = lambda batch=batch: model(batch)
             timed[("head", shot)] = head
-            if method == "ssp":  # ASBP costs h*w x |S_b|: also time the largest S_b, every pixel
+            if selects_background:  # ASBP costs h*w x |S_b|: also time the largest S_b, every pixel
                 timed[("head_all_background", shot)] = lambda head=head: _every_cell_in_background(model, head)
         seconds = _best_times(timed, repeats)
         for shot, (batch, head) in episodes.items():
@@ -194,7 +195,7 @@ def inference_rows(methods=tuple(BENCH_SETTINGS), shots=(1, 5), repeats: int = 3
                                seconds["extract"], seconds[("head", shot)], episode_macs=_macs(lambda: model(batch)),
                                extract_macs=_macs(lambda: model.extract(image)), head_macs=_macs(head),
                                torchvision_macs=tv_macs)
-            if method == "ssp":
+            if selects_background:
                 output = head()
                 row.background_selected = (int(output["bg_selected"].sum()), int(output["bg_selected_2"].sum()),
                                            output["bg_selected"].numel())
@@ -223,11 +224,11 @@ def _train_step_worker(method: str, device: str, steps: int, queue) -> None:
 
 def _train_step(method: str, device: str, steps: int) -> tuple:
     from ..engine.trainer import build_optimizer, to_device
-    from .configs import METHOD_TRAINING, synthetic_model_args
+    from .configs import synthetic_model_args
 
     torch.manual_seed(0)
     model = build_model(method, **synthetic_model_args(method)).to(device)
-    training = METHOD_TRAINING.get(method, {})
+    training = method_record(method).synthetic_training
     if training.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -284,7 +285,7 @@ def _synthetic_batch(episodes: int, size: int = 128) -> dict:
             "support_classes": torch.ones(episodes, 1, dtype=torch.long)}
 
 
-def training_rows(methods=("protonet", "panet", "ssp", "pfenet", "mspf", "msdnet"), steps: int = 5, device=None):
+def training_rows(methods=METHODS, steps: int = 5, device=None):
     """``[(method, seconds per step, peak bytes, cached features?, learnable parameters)]``."""
     device = str(default_device(device))
     context = multiprocessing.get_context("spawn")
@@ -307,7 +308,7 @@ def format_bench(inference: list[InferenceRow], training, images: int = 500, epi
              "| the same in multiply-adds | authors ÷ torchvision R50 |",
              "|---|---|---|---|---|---|---|---|"]
     for row in inference:
-        authors = AUTHORS_RATIOS.get(row.method)
+        authors = method_record(row.method).bench.authors_ratios
         reference = f"{authors[0 if row.shot == 1 else 1]:.1f}" if authors and row.shot in (1, 5) else "-"
         lines.append(f"| {row.method} | {row.shot} | {1000 * row.episode_s:.0f} | {row.ratio:.2f} | {row.floor:.2f} "
                      f"| {row.ratio_torchvision:.2f} | {row.ratio_torchvision_macs:.2f} | {reference} |")

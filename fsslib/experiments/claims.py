@@ -41,54 +41,48 @@ class Claim:
     paper_effect: float | None = None
 
 
-def _panet_par(shot: int) -> float:
-    par = published("PANet")["ablation_PAR_mean"]
-    return par["with_PAR"][f"{shot}shot"] - par["without_PAR"][f"{shot}shot"]
-
-
-def _ssp(key: str, shot: int) -> float:
-    return published("SSP")["pascal5i"][f"{key}_{shot}shot"]["mean"]
-
-
-def _more_shots(model: str) -> float | None:
-    """The paper's 5-shot minus 1-shot mIoU of a method (PASCAL-5i; MSDNet: COCO-20i)."""
-    if model == "panet":
-        return published("PANet")["pascal5i_5shot"]["mean"] - published("PANet")["pascal5i_1shot"]["mean"]
-    if model == "ssp":
-        return _ssp("SSP_refine_R50", 5) - _ssp("SSP_refine_R50", 1)
-    if model == "msdnet":
-        coco = published("MSDNet")["coco20i_interleaved_mean"]
-        return coco["R50_5shot"] - coco["R50_1shot"]
-    return None  # PFENet's and MSPF's 5-shot results are not in the published data; ProtoNet is ours
-
-
 def claims() -> list[Claim]:
     """Every claim, in the order of the tables."""
+    from ..models.registry import method_record
+    from . import tables
     from .tables.main import MAIN_VARIANTS, PROTONET
     from .tables.mspf import MSPF_FULL, MSPF_TABLE3, MSPF_TABLE4, MSPF_TABLE5, PFENET, PFENET_NO_PRIOR, paper_miou
     from .tables.ssp import BASELINE_ROW, SSP_ROW
 
-    out = [Claim("PAR helps", "Wang et al., PANet", "panet", "PANet, PAR on", "PANet, PAR off", shot,
-                 paper_effect=_panet_par(shot)) for shot in (1, 5)]
-    ssp = "Fan et al., SSP"
-    out += [Claim("SSFP helps", ssp, "ssp", "+ SSFP (test only)", BASELINE_ROW),
-            Claim("ASBP beats SSBP", ssp, "ssp", "+ ASBP (test only)", "+ SSBP (test only)"),
-            Claim("SSL helps", ssp, "ssp", "+ SSL", "self-support in training")]
-    out += [Claim("full SSP beats its baseline", ssp, "ssp", SSP_ROW, BASELINE_ROW, shot,
-                  paper_effect=_ssp("SSP_refine_R50", shot) - _ssp("baseline_noRefine_R50", shot)) for shot in (1, 5)]
-    out.append(Claim("PFENet's prior helps", "Tian et al., PFENet", "mspf_pfenet", PFENET.name, PFENET_NO_PRIOR.name))
+    mspf_table = f"{tables.mspf.MSPF.name}_{{}}".format
+    par = published("PANet")["ablation_PAR_mean"]
+    out = [Claim("PAR helps", "Wang et al., PANet", tables.panet.KEY, "PANet, PAR on", "PANet, PAR off", shot,
+                 paper_effect=par["with_PAR"][f"{shot}shot"] - par["without_PAR"][f"{shot}shot"]) for shot in (1, 5)]
+
+    def ssp_paper(key: str, shot: int) -> float:
+        return published("SSP")["pascal5i"][f"{key}_{shot}shot"]["mean"]
+
+    ssp, ssp_table = "Fan et al., SSP", tables.ssp.KEY
+    out += [Claim("SSFP helps", ssp, ssp_table, "+ SSFP (test only)", BASELINE_ROW),
+            Claim("ASBP beats SSBP", ssp, ssp_table, "+ ASBP (test only)", "+ SSBP (test only)"),
+            Claim("SSL helps", ssp, ssp_table, "+ SSL", "self-support in training")]
+    out += [Claim("full SSP beats its baseline", ssp, ssp_table, SSP_ROW, BASELINE_ROW, shot,
+                  paper_effect=ssp_paper("SSP_refine_R50", shot) - ssp_paper("baseline_noRefine_R50", shot))
+            for shot in (1, 5)]
+    versus_pfenet = mspf_table(PFENET.model)
+    out.append(Claim("PFENet's prior helps", "Tian et al., PFENet", versus_pfenet, PFENET.name, PFENET_NO_PRIOR.name))
     mspf = "MSPF"
     for key, rows in (("table3", MSPF_TABLE3), ("table4", MSPF_TABLE4), ("table5", MSPF_TABLE5)):
         base = rows[0]
-        out += [Claim(f"MSPF {key.replace('table', 'Table ')}: {row.name} (vs {base.name})", mspf, f"mspf_{key}",
+        out += [Claim(f"MSPF {key.replace('table', 'Table ')}: {row.name} (vs {base.name})", mspf, mspf_table(key),
                       row.name, base.name, paper_effect=paper_miou(row, key) - paper_miou(base, key))
                 for row in rows[1:]]
-    out.append(Claim("MSPF beats PFENet", mspf, "mspf_pfenet", MSPF_FULL.name, PFENET.name,
-                     paper_effect=paper_miou(MSPF_FULL, "pfenet") - paper_miou(PFENET, "pfenet")))
-    out += [Claim(f"more shots help: {v.name}", "its paper" + (", COCO-20i" if v.model == "msdnet" else ""), "main",
-                  v.name, v.name, 5, 1, paper_effect=_more_shots(v.model)) for v in MAIN_VARIANTS]
+    out.append(Claim("MSPF beats PFENet", mspf, versus_pfenet, MSPF_FULL.name, PFENET.name,
+                     paper_effect=paper_miou(MSPF_FULL, PFENET.model) - paper_miou(PFENET, PFENET.model)))
+    for v in MAIN_VARIANTS:
+        record = method_record(v.model)
+        # PFENet's and MSPF's 5-shot results are not in the published data; ProtoNet is ours.
+        gain = record.paper_shot_gain() if record.paper_shot_gain else None
+        where = "" if record.paper_benchmark == "PASCAL-5i" else f", {record.paper_benchmark}"
+        out.append(Claim(f"more shots help: {v.name}", f"its paper{where}", "main", v.name, v.name, 5, 1,
+                         paper_effect=gain))
     out += [Claim(f"{v.name} beats prototype matching", "its paper", "main", v.name, PROTONET.name, shot)
-            for v in MAIN_VARIANTS[1:] for shot in (1, 5)]
+            for v in MAIN_VARIANTS if v is not PROTONET for shot in (1, 5)]
     return out
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from ..engine.protocol import EvalProtocol
 from ..engine.statistics import interval95, with_interval
 from ..engine.trainer import runs_dir
+from ..models.registry import config_fields
 from .ablation import Variant, per_training_seed, run_ablation
 from .tables.main import PROTONET
 from .tables.mspf import MSPF_FULL, MSPF_TABLE3, PFENET
@@ -51,7 +52,7 @@ def candidate_variants(candidates: dict | None = None) -> list[Variant]:
     for head in HEADS:
         for name, (model_args, train_args) in (candidates or CANDIDATES).items():
             args = {**AUTHORS_HEAD, **model_args}
-            if head.model == "mspf" and "projection_dropout" in args:
+            if "aspp_dropout" in config_fields(head.model) and "projection_dropout" in args:
                 args["aspp_dropout"] = args["projection_dropout"]  # the ASPP's dropout is the same 0.5
             variants.append(replace(head, name=f"{head.name} | {name}",
                                     model_args={**head.model_args, **args}, train_args=dict(train_args)))

@@ -4,7 +4,7 @@ Ablations are config variants (``key=value`` overrides), never code edits. On th
 benchmark every method starts from the fold's pre-trained small backbone (see
 ``engine.pretrain``) with its early stages and BatchNorm frozen and the last stage trainable.
 On PASCAL-5i and COCO-20i (:func:`real_data_recipe`) every method follows its paper's or its
-authors' recipe (the ``REAL_DATA_RECIPE`` of its module) from ImageNet weights.
+authors' recipe (``real_data_recipe`` of its record) from ImageNet weights.
 """
 from __future__ import annotations
 
@@ -12,36 +12,17 @@ import math
 
 from ..engine.pretrain import pretrained_backbone
 from ..engine.trainer import TrainConfig
+from ..models.registry import METHODS, method_record, records
 from ..runtime import fast_mode
 
-#: Early stages frozen, BatchNorm frozen, last stage trainable (shared by every synthetic recipe).
+#: Early stages frozen, BatchNorm frozen, last stage trainable (shared by every synthetic recipe;
+#: a method's record says where it departs from this, and why).
 SYNTHETIC_BACKBONE = {"backbone": "smallcnn", "frozen_stages": ("layer1", "layer2", "layer3"), "freeze_bn": True}
-#: Where a method departs from that: SSP matches layer3 features and, like the authors' recipe,
-#: trains layer2-layer3 with layer1 frozen; the prior-mask methods keep the whole backbone frozen
-#: (their prior needs no training and their heads learn on top).
-METHOD_BACKBONE = {"ssp": {"frozen_stages": ("layer1",)}, "pfenet": {"frozen_stages": "all"},
-                   "mspf": {"frozen_stages": "all"}, "msdnet": {"frozen_stages": "all"}}
-#: Training overrides per method. A backbone frozen entirely maps an image to the same features in
-#: every episode, so the prior-mask methods train their heads on features computed once per image
-#: (engine.feature_cache): 2-3x fewer seconds per step. The price is no image augmentation (a
-#: cached feature map cannot be flipped or cropped consistently with its mask). MSDNet's decoder
-#: convolutions at strides 4 and 2 are 1.6x faster in channels-last format on this CPU.
-#: Head switches of the synthetic recipe that are not the authors' (the real-data recipes keep the
-#: authors' heads). Trained from scratch in the default profile's 150 steps, the PFENet and MSPF
-#: heads ended some training seeds predicting background everywhere. Of the candidates of
-#: ``python -m fsslib collapse`` (README), only the prior shortcut (``Z_fg += a (prior - 1/2)``, a
-#: learnable, from 3), with or without warm-up, left no seed collapsed or below half of ProtoNet
-#: on PFENet, MSPF and MSPF's ASPP baseline (15 of 15 seeds each); the simpler one, without
-#: warm-up, is on for every variant of their tables alike.
-METHOD_HEAD = {"pfenet": {"prior_shortcut": 3.0}, "mspf": {"prior_shortcut": 3.0}}
-METHOD_TRAINING = {"pfenet": {"cache_features": True, "augment": False},
-                   "mspf": {"cache_features": True, "augment": False},
-                   "msdnet": {"cache_features": True, "augment": False, "channels_last": True}}
 
 
 def synthetic_model_args(model: str) -> dict:
     """The synthetic recipe's model arguments of ``model`` (backbone settings and head switches), without weights."""
-    return {**SYNTHETIC_BACKBONE, **METHOD_BACKBONE.get(model, {}), **METHOD_HEAD.get(model, {})}
+    return {**SYNTHETIC_BACKBONE, **method_record(model).synthetic_model_args}
 
 
 def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, **model_args) -> TrainConfig:
@@ -52,16 +33,13 @@ def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: in
     return TrainConfig(model=model, model_args=model_args,
                        benchmark="synthetic", fold=fold, seed=seed, steps=steps, batch_size=batch, lr=5e-4,
                        schedule="cosine", checkpoint_every=max(steps // 5, 1), log_every=max(steps // 50, 1),
-                       **METHOD_TRAINING.get(model, {}))
-
-
-#: Methods with a synthetic-benchmark recipe (``python -m fsslib train NAME``).
-EXPERIMENTS = ("protonet", "panet", "ssp", "pfenet", "mspf", "msdnet")
+                       **method_record(model).synthetic_training)
 
 
 def experiment(name: str, **kwargs) -> TrainConfig:
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment '{name}'; valid names: {list(EXPERIMENTS)} (or a path to a config.json)")
+    """The synthetic recipe of method ``name`` (``python -m fsslib train NAME``)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown experiment '{name}'; valid names: {list(METHODS)} (or a path to a config.json)")
     return synthetic_recipe(name, **kwargs)
 
 
@@ -74,13 +52,12 @@ SYNTHETIC_SCALE_ARGS = ("width", "aspp_rates", "support_resize")
 
 
 def real_data_recipes(model: str) -> dict:
-    """``{"pascal": recipe, "coco": recipe}`` of ``model`` (ProtoNet is PANet without PAR)."""
-    from ..models import msdnet, mspf, panet, pfenet, ssp
-
-    modules = {"protonet": panet, "panet": panet, "ssp": ssp, "pfenet": pfenet, "mspf": mspf, "msdnet": msdnet}
-    if model not in modules:
-        raise ValueError(f"no real-data recipe for '{model}'; methods with one: {list(modules)}")
-    return modules[model].REAL_DATA_RECIPE
+    """``{"pascal": recipe, "coco": recipe}`` of ``model``, from its record."""
+    recipe = method_record(model).real_data_recipe
+    if recipe is None:
+        with_one = [r.name for r in records() if r.real_data_recipe is not None]
+        raise ValueError(f"no real-data recipe for '{model}'; methods with one: {with_one}")
+    return recipe
 
 
 def training_queries(source, fold: int, convention: str | None = None) -> int:

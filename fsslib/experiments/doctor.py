@@ -27,10 +27,14 @@ from pathlib import Path
 
 import torch
 
+from ..models.registry import METHODS, REFERENCE_METHOD, records
 from ..runtime import default_device
 
-#: Methods whose synthetic recipe freezes the whole backbone, so they also train on cached features.
-CACHED_METHODS = ("pfenet", "mspf", "msdnet")
+
+def cached_methods() -> tuple[str, ...]:
+    """Methods whose synthetic recipe freezes the whole backbone, so they also train on cached features."""
+    return tuple(r.name for r in records() if r.synthetic_training.get("cache_features"))
+
 STEPS, BATCH, IMAGE_SIZE = 4, 2, 64
 
 
@@ -130,7 +134,6 @@ def run_checks(device: str | torch.device | None = None, methods: tuple[str, ...
     """Every check of the module docstring on ``device``; each line is reported as it finishes.
     ``methods``: a subset of the methods; ``compile_check=False`` leaves out ``torch.compile``."""
     from ..data import SyntheticConfig, prepare_synthetic
-    from .configs import EXPERIMENTS
 
     device = default_device(device)
     for line in environment(device):
@@ -155,19 +158,20 @@ def run_checks(device: str | torch.device | None = None, methods: tuple[str, ...
     with tempfile.TemporaryDirectory(prefix="fsslib-doctor-") as tmp, _temporary_runs(Path(tmp) / "runs"):
         folder = Path(tmp)
         source = prepare_synthetic(folder / "data", SyntheticConfig.fast(), progress=False)
-        for method in methods or EXPERIMENTS:
-            for cached in (False, True) if method in CACHED_METHODS else (False,):
+        for method in methods or METHODS:
+            for cached in (False, True) if method in cached_methods() else (False,):
                 kind = "cached features" if cached else "images"
                 run = folder / f"{method}-{'cached' if cached else 'images'}"
                 check(f"{method}, {kind}: train -> interrupt -> resume -> evaluate",
                       lambda: train_resume_evaluate(tiny_config(method, device, cached), source, run))
         if device.type == "cuda":
-            check("mixed precision (autocast + the trainer's loss scaling), pfenet",
-                  lambda: train_once(tiny_config("pfenet", device, amp=True), source, folder / "amp"))
+            amp_method = cached_methods()[0]  # a head with BatchNorm and a prior: where float16 bites
+            check(f"mixed precision (autocast + the trainer's loss scaling), {amp_method}",
+                  lambda: train_once(tiny_config(amp_method, device, amp=True), source, folder / "amp"))
         else:
             check("mixed precision", None, "the trainer uses autocast on CUDA only")
         if compile_check:
-            check("torch.compile (inductor), protonet",
-                  lambda: train_once(tiny_config("protonet", device, compile="inductor", steps=2), source,
+            check(f"torch.compile (inductor), {REFERENCE_METHOD}",
+                  lambda: train_once(tiny_config(REFERENCE_METHOD, device, compile="inductor", steps=2), source,
                                      folder / "compile"))
     return checks

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..engine.protocol import EvalProtocol
 from ..engine.trainer import runs_dir
+from ..models.registry import records
 from ..runtime import fast_mode
 
 
@@ -38,11 +39,11 @@ class Profile:
 #: the standard recipe's training episodes), and 300 test episodes per shot instead of 1000. On the
 #: previous benchmark, in so few steps the PFENet and MSPF heads, trained from scratch at the
 #: standard 5e-4, predicted background everywhere for every seed (0 mIoU, measured); at 2e-3 some
-#: seeds still did, until the synthetic recipe's prior shortcut (``configs.METHOD_HEAD``, chosen by
+#: seeds still did, until the synthetic recipe's prior shortcut (``pfenet.PRIOR_SHORTCUT``, chosen by
 #: ``python -m fsslib collapse``). MSDNet takes 1e-3 (44 mIoU vs 38 at 5e-4, previous benchmark).
 #: ``fast`` runs the FSSLIB_FAST recipe (6 steps of 2 episodes) on the tiny benchmark.
 DEFAULT_RECIPE = {"steps": 150, "batch_size": 4,
-                  "by_method": {"pfenet": {"lr": 2e-3}, "mspf": {"lr": 2e-3}, "msdnet": {"lr": 1e-3}}}
+                  "by_method": {r.name: r.short_recipe for r in records() if r.short_recipe}}
 PROFILES = {
     "fast": Profile("fast", folds=(0,), seeds=(0,), episodes=8, shots=(1, 5), jobs=1),
     "default": Profile("default", folds=(0,), seeds=(0, 1, 2), recipe=DEFAULT_RECIPE, episodes=300),

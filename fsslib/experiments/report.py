@@ -26,7 +26,6 @@ from ..data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform
 from ..engine.statistics import interval95, paired_difference, with_interval
 from ..engine.trainer import read_log, to_device
 from ..models import build_model
-from ..reference import published
 from .ablation import (
     ablation_table,
     format_ablation,
@@ -43,46 +42,6 @@ from .profiles import evaluations_dir, figures_of, protocol_of, results_root
 
 # ---------------------------------------------------------------------- the papers' numbers
 PAPER_NOTE = "paper: PASCAL-5i, ResNet-50 unless noted"
-
-
-def paper_value(table_key: str, variant, shot: int) -> str:
-    """The paper's number for a row of one of our tables, or "" when the paper has none."""
-    from .tables.mspf import paper_miou
-
-    name = variant.name
-    if variant.protocol_args.get("supports") == "oracle" or "shot_fusion" in variant.protocol_args:
-        return ""  # a reference row of ours: no paper reports it
-    if table_key == "main":
-        shot_key = f"pascal5i_{shot}shot"
-        if variant.model in ("panet", "pfenet", "mspf") and shot_key in published({"panet": "PANet", "pfenet": "PFENet",
-                                                                                    "mspf": "MSPF"}[variant.model]):
-            entry = published({"panet": "PANet", "pfenet": "PFENet", "mspf": "MSPF"}[variant.model])[shot_key]
-            return f"{entry['mean']:.1f}" + (" (VGG-16)" if variant.model == "panet" else "")
-        if variant.model == "ssp":
-            return f"{published('SSP')['pascal5i'][f'SSP_refine_R50_{shot}shot']['mean']:.1f}"
-        if variant.model == "msdnet":
-            return f"COCO-20i {published('MSDNet')['coco20i_interleaved_mean'][f'R50_{shot}shot']:.1f}"
-        return ""
-    if table_key == "panet":
-        panet = published("PANet")
-        column = f"{shot}shot"
-        values = {"PANet, PAR off": panet["ablation_PAR_mean"]["without_PAR"][column],
-                  "PANet, PAR on": panet["ablation_PAR_mean"]["with_PAR"][column],
-                  "PAR on, scribble supports": panet["weak_annotations_mean"]["scribble"][column],
-                  "PAR on, box supports": panet["weak_annotations_mean"]["bbox"][column],
-                  "PAR on, 2-way": panet["pascal5i_2way"][column]["mean"]}
-        return f"{values[name]:.1f} (VGG-16)" if name in values else ""
-    if table_key == "ssp":
-        from .tables.ssp import BASELINE_ROW, SSP_ROW
-
-        key = {BASELINE_ROW: "baseline_noRefine_R50", SSP_ROW: "SSP_refine_R50"}.get(name)
-        return f"{published('SSP')['pascal5i'][f'{key}_{shot}shot']['mean']:.1f}" if key else ""
-    if table_key.startswith("mspf_") and shot == 1:
-        try:
-            return f"{paper_miou(variant, table_key.removeprefix('mspf_')):.1f} (fold 0)"
-        except KeyError:
-            return ""
-    return ""
 
 
 # ---------------------------------------------------------------------- collecting
@@ -184,7 +143,7 @@ def main_table(rows: pd.DataFrame, table, profile, source) -> str:
                 flag = "" if paired.resolved else "not resolved"
             cells = [variant.name, str(shot), *per_fold, with_interval(*interval95(seed_means)),
                      with_interval(*interval95(fb_means)), diff, flag, params, ms,
-                     paper_value("main", variant, shot)]
+                     table.paper_value(variant, shot)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,7 +171,7 @@ def ablation_markdown(rows: pd.DataFrame, table) -> str:
     lines[0] += " fold | paper |"
     lines[1] += "---|---|"
     for i, r in enumerate(result.itertuples(), start=2):
-        lines[i] += f" {r.fold} | {paper_value(table.key, by_name[r.method], r.shot)} |"
+        lines[i] += f" {r.fold} | {table.paper_value(by_name[r.method], r.shot)} |"
     return "\n".join(lines)
 
 

@@ -44,6 +44,7 @@ from ..data import (
     synthetic_class_name,
 )
 from ..data.summary import fold_summary, split_sizes
+from ..models.registry import method_record
 from .ablation import Variant, _slug, run_ablation
 
 # Re-exported: notebooks and scripts find a profile's settings and tables through reproduce.
@@ -109,8 +110,7 @@ def plan_jobs(profile: Profile) -> list[Job]:
                     job = by_key.setdefault(key, Job(key[0], fold, seed, trained.model))
                     job.rows.setdefault(table.key, []).append(variant.name)
     # Slowest first, so that two workers finish together (MSDNet and SSP train the longest).
-    cost = {"msdnet": 4, "ssp": 3, "panet": 2, "protonet": 2, "pfenet": 1, "mspf": 1}
-    return sorted(by_key.values(), key=lambda j: (-cost.get(j.model, 1), j.seed, j.fold))
+    return sorted(by_key.values(), key=lambda j: (-method_record(j.model).job_cost, j.seed, j.fold))
 
 
 def run_job(job: Job, profile: Profile) -> list[str]:

@@ -88,6 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..reference import published
 from .ops import (
     IGNORE_INDEX,
     background_mask,
@@ -97,21 +98,11 @@ from .ops import (
     masked_average_pooling,
     resize_to,
 )
-from .protonet import ProtoNet, ProtoNetConfig
+from .protonet import REAL_DATA_RECIPE, ProtoNet, ProtoNetConfig
+from .record import BenchSettings, MethodRecord
 
 __all__ = ["PANet", "PANetConfig", "REAL_DATA_RECIPE", "par_loss", "par_targets", "prototype_alignment"]
 
-#: The paper's training recipe (section 4.1), used for PANet and for ProtoNet (PANet without PAR):
-#: VGG-16 from ImageNet, trained end to end by SGD (momentum 0.9, weight decay 5e-4), 30,000
-#: iterations of one episode, learning rate 1e-3 divided by 10 every 10,000 iterations, 417x417
-#: input. Keys are :class:`fsslib.engine.trainer.TrainConfig` fields (``model_args`` holds
-#: :class:`PANetConfig` fields). The paper gives one recipe; COCO-20i uses it too.
-_PAPER_RECIPE = {
-    "model_args": {"backbone": "vgg16", "weights": "imagenet", "frozen_stages": (), "freeze_bn": False},
-    "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
-    "step_size": 10_000, "gamma": 0.1, "steps": 30_000, "batch_size": 1, "image_size": 417,
-}
-REAL_DATA_RECIPE = {"pascal": _PAPER_RECIPE, "coco": _PAPER_RECIPE}
 
 
 @dataclass
@@ -212,3 +203,25 @@ class PANet(ProtoNet):
             total = total + self.config.par_weight * par
             parts["par"] = par.item()
         return total, parts
+
+
+# ---------------------------------------------------------------------- record
+def _paper_result(shot: int) -> str:
+    return f"{published('PANet')[f'pascal5i_{shot}shot']['mean']:.1f} (VGG-16)"
+
+
+def _paper_shot_gain() -> float:
+    return published("PANet")["pascal5i_5shot"]["mean"] - published("PANet")["pascal5i_1shot"]["mean"]
+
+
+RECORD = MethodRecord(
+    name="panet", display_name="PANet", model_class=PANet,
+    paper="Wang, Liew, Zou, Zhou and Feng, PANet: Few-Shot Image Semantic Segmentation with Prototype "
+          "Alignment, ICCV 2019",
+    real_data_recipe=REAL_DATA_RECIPE,
+    bench=BenchSettings("vgg16", 417, authors_ratios=(8.3, 36.6)),
+    main_row="PANet (PAR on)", main_row_args={"par_weight": 1.0},
+    paper_result=_paper_result, paper_shot_gain=_paper_shot_gain,
+    explorer_switches={"prototype alignment (PAR)": ("par_weight",)},
+    job_cost=2,
+)

@@ -40,7 +40,19 @@ from torch import Tensor
 
 from .base import FewShotSegmenter, ModelConfig
 from .ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
+from .record import MethodRecord
 
+#: The paper's training recipe (section 4.1), used for PANet and for ProtoNet (PANet without PAR):
+#: VGG-16 from ImageNet, trained end to end by SGD (momentum 0.9, weight decay 5e-4), 30,000
+#: iterations of one episode, learning rate 1e-3 divided by 10 every 10,000 iterations, 417x417
+#: input. Keys are :class:`fsslib.engine.trainer.TrainConfig` fields (``model_args`` holds
+#: config fields). The paper gives one recipe; COCO-20i uses it too.
+_PAPER_RECIPE = {
+    "model_args": {"backbone": "vgg16", "weights": "imagenet", "frozen_stages": (), "freeze_bn": False},
+    "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+    "step_size": 10_000, "gamma": 0.1, "steps": 30_000, "batch_size": 1, "image_size": 417,
+}
+REAL_DATA_RECIPE = {"pascal": _PAPER_RECIPE, "coco": _PAPER_RECIPE}
 
 @dataclass
 class ProtoNetConfig(ModelConfig):
@@ -83,3 +95,15 @@ class ProtoNet(FewShotSegmenter):
                                         self.config.eps, self.config.background)
         logits = cosine_logits(query_feats[stage], prototypes, self.config.scale)
         return {"logits": resize_to(logits, out_size, "bilinear", align_corners=False), "prototypes": prototypes}
+
+
+# ---------------------------------------------------------------------- record
+#: The plain prototype model is every table's reference. Its real-data recipe is PANet's (ProtoNet
+#: is PANet without PAR).
+RECORD = MethodRecord(
+    name="protonet", display_name="ProtoNet", model_class=ProtoNet,
+    paper="Wang, Liew, Zou, Zhou and Feng, PANet: Few-Shot Image Semantic Segmentation with Prototype "
+          "Alignment, ICCV 2019 (the model without its alignment loss)",
+    real_data_recipe=REAL_DATA_RECIPE,
+    main_row="ProtoNet (MAP + cosine)", job_cost=2,
+)

@@ -1,7 +1,8 @@
-"""``build_model(name, **config)``: every method by name, its keyword arguments checked.
+"""The methods: one module per method, each ending with its :class:`~fsslib.models.record.MethodRecord`.
 
-Methods are imported on first use, so a method file that needs a heavy dependency costs
-nothing to the others.
+``build_model(name, **config)`` builds any of them with its keyword arguments checked;
+:func:`records` gives every record in the tables' order. Method modules are imported on first
+use, so a method file that needs a heavy dependency costs nothing to the others.
 """
 from __future__ import annotations
 
@@ -9,28 +10,40 @@ from dataclasses import fields
 from importlib import import_module
 
 from .base import FewShotSegmenter
+from .record import MethodRecord
 
-#: name -> "module:Class" (one file per method, named after it).
-METHODS: dict[str, str] = {
-    "protonet": "fsslib.models.protonet:ProtoNet",
-    "panet": "fsslib.models.panet:PANet",
-    "ssp": "fsslib.models.ssp:SSP",
-    "pfenet": "fsslib.models.pfenet:PFENet",
-    "mspf": "fsslib.models.mspf:MSPF",
-    "msdnet": "fsslib.models.msdnet:MSDNet",
+#: name -> its module (one file per method, named after it), in the order of the tables.
+METHOD_MODULES: dict[str, str] = {
+    "protonet": "fsslib.models.protonet",
+    "panet": "fsslib.models.panet",
+    "ssp": "fsslib.models.ssp",
+    "pfenet": "fsslib.models.pfenet",
+    "mspf": "fsslib.models.mspf",
+    "msdnet": "fsslib.models.msdnet",
 }
+METHODS = tuple(METHOD_MODULES)
+#: The plain prototype model: every table's reference, and what ``train`` builds when not told.
+REFERENCE_METHOD = METHODS[0]
+
+
+def method_record(name: str) -> MethodRecord:
+    if name not in METHOD_MODULES:
+        raise ValueError(f"unknown model '{name}'; valid names: {sorted(METHOD_MODULES)}")
+    try:
+        return import_module(METHOD_MODULES[name]).RECORD
+    except ModuleNotFoundError as e:
+        if e.name != METHOD_MODULES[name]:
+            raise
+        raise ValueError(f"model '{name}' is not implemented yet ({METHOD_MODULES[name]}.py is missing)") from None
+
+
+def records() -> list[MethodRecord]:
+    """Every method's record, in the order of the tables."""
+    return [method_record(name) for name in METHOD_MODULES]
 
 
 def method_class(name: str) -> type[FewShotSegmenter]:
-    if name not in METHODS:
-        raise ValueError(f"unknown model '{name}'; valid names: {sorted(METHODS)}")
-    module, cls = METHODS[name].split(":")
-    try:
-        return getattr(import_module(module), cls)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        raise ValueError(f"model '{name}' is not implemented yet ({module}.py is missing)") from None
+    return method_record(name).model_class
 
 
 def config_fields(name: str) -> dict[str, object]:

@@ -146,6 +146,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..reference import published
 from .base import FewShotSegmenter, ModelConfig
 from .ops import (
     IGNORE_INDEX,
@@ -159,6 +160,7 @@ from .ops import (
     unit_vectors,
     weighted_cell_sum,
 )
+from .record import BenchSettings, MethodRecord
 
 #: The authors' training recipe (``main.py`` of fanq15/SSP): ResNet-50 from ImageNet with the stem,
 #: layer1 and every BatchNorm frozen (the SSPConfig defaults), SGD (momentum 0.9, weight decay
@@ -536,3 +538,31 @@ class SSP(FewShotSegmenter):
         index = torch.tensor([r * w + c for r, c in pixels], device=features.device)
         attention = adaptive_background_attention(features, selection, self.config.asbp_scale, index)
         return attention.unflatten(-1, (h, w))
+
+
+# ---------------------------------------------------------------------- record
+def _paper(key: str, shot: int) -> float:
+    return published("SSP")["pascal5i"][f"{key}_{shot}shot"]["mean"]
+
+
+RECORD = MethodRecord(
+    name="ssp", display_name="SSP", model_class=SSP,
+    paper="Fan, Pei, Tai and Tang, Self-Support Few-Shot Semantic Segmentation, ECCV 2022",
+    # SSP matches layer3 features and, like the authors' recipe, trains layer2-layer3 with layer1 frozen.
+    synthetic_model_args={"frozen_stages": ("layer1",)},
+    real_data_recipe=REAL_DATA_RECIPE,
+    bench=BenchSettings("resnet50", 473, authors_ratios=(5.6, 11.5)),
+    # Every switch explicit, as in the SSP table's full-model row, so that the two rows share their runs.
+    main_row="SSP", main_row_args={"use_ssfp": True, "use_ssbp": True, "use_asbp": True, "refine": True,
+                                   "ssl_query": True, "ssl_support": True, "out1_loss": True},
+    paper_result=lambda shot: f"{_paper('SSP_refine_R50', shot):.1f}",
+    paper_shot_gain=lambda: _paper("SSP_refine_R50", 5) - _paper("SSP_refine_R50", 1),
+    # Several fields move together: the self-support loss is its query and support terms; the
+    # refinement is the second round and the loss on out_1.
+    explorer_switches={"SSFP (self-support foreground prototype)": ("use_ssfp",),
+                       "SSBP (self-support background prototype)": ("use_ssbp",),
+                       "ASBP (adaptive background prototypes)": ("use_asbp",),
+                       "self-support loss": ("ssl_query", "ssl_support"),
+                       "refinement round": ("refine", "out1_loss")},
+    job_cost=3,
+)

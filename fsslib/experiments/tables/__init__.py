@@ -9,16 +9,20 @@ title and reference rows); ``TABLES`` maps the names of ``python -m fsslib ablat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from ..ablation import Variant
+from . import main, mspf, panet, ssp
 from .main import MAIN_REFERENCES, MAIN_VARIANTS
 from .mspf import MSPF_REFERENCES, MSPF_TABLES, MSPF_VARIANTS
 from .panet import PANET_REFERENCES, PANET_VARIANTS
 from .ssp import SSP_REFERENCES, SSP_VARIANTS
 
-TABLES = {"main": (MAIN_VARIANTS, MAIN_REFERENCES), "panet": (PANET_VARIANTS, PANET_REFERENCES),
-          "ssp": (SSP_VARIANTS, SSP_REFERENCES), "mspf": (MSPF_VARIANTS, MSPF_REFERENCES)}
+#: ``python -m fsslib ablation NAME``: the method tables by name (MSPF's four as one).
+TABLES = {"main": (MAIN_VARIANTS, MAIN_REFERENCES), panet.KEY: (PANET_VARIANTS, PANET_REFERENCES),
+          ssp.KEY: (SSP_VARIANTS, SSP_REFERENCES), mspf.MSPF.name: (MSPF_VARIANTS, MSPF_REFERENCES)}
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,14 @@ class Table:
     title: str
     variants: list[Variant]
     references: dict[str, str]
+    #: ``(row, shot) -> text``: the paper's number for the row ("" where the paper has none).
+    paper_column: Callable[[Variant, int], str]
+
+    def paper_value(self, variant: Variant, shot: int) -> str:
+        """The paper's number for a row; our reference rows (oracle, logit-averaged) have none."""
+        if variant.protocol_args.get("supports") == "oracle" or "shot_fusion" in variant.protocol_args:
+            return ""
+        return self.paper_column(variant, shot)
 
 
 def reference_rows(reference: Variant) -> list[Variant]:
@@ -54,12 +66,10 @@ def with_reference_rows(variants: list[Variant], references: dict[str, str]) -> 
 def tables() -> list[Table]:
     """Every table of ``results/tables.md``, in order (the main comparison first), each with its
     :func:`reference_rows`."""
-    mspf_titles = {"table3": "MSPF Table 3: multi-scale prior and multi-scale fusion",
-                   "table4": "MSPF Table 4: interaction between scales",
-                   "table5": "MSPF Table 5: auxiliary loss",
-                   "pfenet": "MSPF vs PFENet"}
-    listed = [("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES),
-              ("panet", "PANet: prototype alignment (PAR) and weak annotations", PANET_VARIANTS, PANET_REFERENCES),
-              ("ssp", "SSP: self-support components", SSP_VARIANTS, SSP_REFERENCES),
-              *[(f"mspf_{key}", mspf_titles[key], variants, refs) for key, (variants, refs) in MSPF_TABLES.items()]]
-    return [Table(key, title, *with_reference_rows(variants, refs)) for key, title, variants, refs in listed]
+    listed = [("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES, main.paper_value),
+              (panet.KEY, panet.TITLE, PANET_VARIANTS, PANET_REFERENCES, panet.paper_value),
+              (ssp.KEY, ssp.TITLE, SSP_VARIANTS, SSP_REFERENCES, ssp.paper_value),
+              *[(f"{mspf.MSPF.name}_{key}", mspf.TITLES[key], variants, refs, partial(mspf.paper_value, key))
+                for key, (variants, refs) in MSPF_TABLES.items()]]
+    return [Table(key, title, *with_reference_rows(variants, refs), paper)
+            for key, title, variants, refs, paper in listed]

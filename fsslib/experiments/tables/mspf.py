@@ -13,30 +13,17 @@ Distinct training runs per seed: 4 (Table 3) + 4 (Table 4, the full model shared
 from __future__ import annotations
 
 from ...models.mspf import PAPER_ABLATIONS
+from ...models.mspf import RECORD as MSPF
+from ...models.pfenet import RECORD as PFENET_METHOD
 from ...reference import published
 from ..ablation import Variant
 
-#: Head settings for the small CNN on 128x128 images (16x16 features), for CPU training:
-#:
-#: - ``width`` 64 instead of 256: at 256 channels the 3x3 convolutions of the head dominate and a
-#:   training step (8 episodes) takes ~1.1 s on one CPU core, ~19 minutes per run; at 64 it takes
-#:   ~0.3 s (about half of it the frozen backbone), like the other methods' runs. The ratio to the
-#:   mid-level input (192 channels here, 1536 on ResNet-50, 256 there) stays in the same range.
-#: - ``aspp_rates`` (2, 3, 5) instead of CANet's (6, 12, 18): the baseline's ASPP dilations are
-#:   fixed in feature cells, so they are scaled with the feature map (60x60 in the paper,
-#:   16x16 here: 6, 12, 18 x 16/60, rounded). With (6, 12, 18) on 16x16 features the rate-18
-#:   branch would only ever see its centre tap, a 1x1 convolution. The rates only matter for the
-#:   rows without the multi-scale fusion, but every MSPF row carries them so that rows differ in
-#:   exactly the paper's switches.
-#: - ``support_resize="area"``: on 128-pixel images the authors' bilinear resizing samples the
-#:   support mask so sparsely that it is empty at 4x4 in 44% of episodes and at 2x2 in 96%
-#:   (notebook 03), which would make the coarse priors, and the ablation of the multi-scale
-#:   prior, meaningless here; at the paper's 473 pixels this rarely happens.
-SYNTHETIC_HEAD = {"width": 64, "aspp_rates": (2, 3, 5), "support_resize": "area"}
+#: Head settings of every row on 128-pixel images (the reasons are in the MSPF record).
+SYNTHETIC_HEAD = MSPF.synthetic_head
 
 
 def _mspf(name: str, row: str) -> Variant:
-    return Variant(name, "mspf", {**SYNTHETIC_HEAD, **PAPER_ABLATIONS[row]})
+    return Variant(name, MSPF.name, {**SYNTHETIC_HEAD, **PAPER_ABLATIONS[row]})
 
 
 #: The full model: every row named ``table*_full`` in PAPER_ABLATIONS.
@@ -70,17 +57,21 @@ MSPF_TABLE5_REFERENCES = {MSPF_FULL.name: MSPF_TABLE5[0].name}
 
 #: PFENet, the architecture MSPF builds on, with the same head width: MSPF - PFENet; and PFENet
 #: without its prior (Tian et al.'s ablation), whose difference to PFENet is what the prior adds.
-PFENET = Variant("PFENet", "pfenet", {"width": SYNTHETIC_HEAD["width"]})
-PFENET_NO_PRIOR = Variant("PFENet, prior off", "pfenet", {"width": SYNTHETIC_HEAD["width"], "use_prior": False})
+PFENET = Variant("PFENet", PFENET_METHOD.name, dict(PFENET_METHOD.synthetic_head))
+PFENET_NO_PRIOR = Variant("PFENet, prior off", PFENET_METHOD.name, {**PFENET_METHOD.synthetic_head, "use_prior": False})
 MSPF_VS_PFENET = [PFENET, PFENET_NO_PRIOR, MSPF_FULL]
 MSPF_VS_PFENET_REFERENCES = {MSPF_FULL.name: PFENET.name, PFENET_NO_PRIOR.name: PFENET.name}
 
-#: ``{table: (variants, references)}`` in the paper's order.
+#: ``{table: (variants, references)}`` in the paper's order; ``TITLES`` their titles.
+TITLES = {"table3": "MSPF Table 3: multi-scale prior and multi-scale fusion",
+          "table4": "MSPF Table 4: interaction between scales",
+          "table5": "MSPF Table 5: auxiliary loss",
+          PFENET_METHOD.name: "MSPF vs PFENet"}
 MSPF_TABLES = {
     "table3": (MSPF_TABLE3, MSPF_TABLE3_REFERENCES),
     "table4": (MSPF_TABLE4, MSPF_TABLE4_REFERENCES),
     "table5": (MSPF_TABLE5, MSPF_TABLE5_REFERENCES),
-    "pfenet": (MSPF_VS_PFENET, MSPF_VS_PFENET_REFERENCES),
+    PFENET_METHOD.name: (MSPF_VS_PFENET, MSPF_VS_PFENET_REFERENCES),
 }
 #: Every variant once (for ``run_ablation``): 11 distinct training runs per seed.
 MSPF_VARIANTS = list({v.name: v for variants, _ in MSPF_TABLES.values() for v in variants}.values())
@@ -106,15 +97,15 @@ def paper_miou(variant: Variant, table: str) -> float:
     """The paper's mIoU (PASCAL-5i fold 0, 1-shot, ResNet-50) of the row of ``table`` that has
     ``variant``'s switches; the rows are matched by their flags, not their order.
 
-    ``table="pfenet"``: PFENet's (from its own paper) or MSPF's fold-0 result.
+    ``table`` PFENet's name: PFENet's (from its own paper) or MSPF's fold-0 result.
 
     Raises:
         KeyError: no published row of ``table`` has the variant's switches.
     """
-    if table == "pfenet":
+    if table == PFENET_METHOD.name:
         if variant.model_args.get("use_prior") is False:
             raise KeyError("the published results hold no PFENet row without its prior")
-        name = "PFENet" if variant.model == "pfenet" else "MSPF"
+        name = "PFENet" if variant.model == PFENET_METHOD.name else "MSPF"
         return published(name)["pascal5i_1shot"]["folds"][0]
     config = variant.model_args
     for entry in published("MSPF")[PAPER_TABLE_KEYS[table]]:
@@ -133,3 +124,13 @@ def paper_column(table: str) -> dict[str, float | None]:
         except KeyError:
             out[variant.name] = None
     return out
+
+
+def paper_value(table: str, variant: Variant, shot: int) -> str:
+    """The paper's number for a row of ``table`` (fold 0, 1-shot), or ""."""
+    if shot != 1:
+        return ""
+    try:
+        return f"{paper_miou(variant, table):.1f} (fold 0)"
+    except KeyError:
+        return ""

@@ -26,7 +26,12 @@ SSP). All models are trained 1-shot; the protocol evaluates them at 1 and 5 shot
 """
 from __future__ import annotations
 
+from ...models.ssp import RECORD as SSP
+from ...reference import published
 from ..ablation import Variant
+
+KEY = SSP.name
+TITLE = "SSP: self-support components"
 
 #: Every switch off: the plain prototype model (SSP's "baseline").
 BASELINE_ARGS = {"use_ssfp": False, "use_ssbp": False, "use_asbp": False, "refine": False,
@@ -44,23 +49,23 @@ SSP_ROW = "+ refinement = SSP"
 
 SSP_VARIANTS = [
     # --- cumulative: what each component adds
-    Variant(BASELINE_ROW, "ssp", BASELINE_ARGS),
-    Variant("+ SSFP (test only)", "ssp", BASELINE_ARGS, eval_args={"use_ssfp": True}, trained_as=BASELINE_ROW),
-    Variant("+ SSBP (test only)", "ssp", BASELINE_ARGS, eval_args={"use_ssfp": True, "use_ssbp": True},
+    Variant(BASELINE_ROW, SSP.name, BASELINE_ARGS),
+    Variant("+ SSFP (test only)", SSP.name, BASELINE_ARGS, eval_args={"use_ssfp": True}, trained_as=BASELINE_ROW),
+    Variant("+ SSBP (test only)", SSP.name, BASELINE_ARGS, eval_args={"use_ssfp": True, "use_ssbp": True},
             trained_as=BASELINE_ROW),
-    Variant("+ ASBP (test only)", "ssp", BASELINE_ARGS,
+    Variant("+ ASBP (test only)", SSP.name, BASELINE_ARGS,
             eval_args={"use_ssfp": True, "use_ssbp": True, "use_asbp": True}, trained_as=BASELINE_ROW),
-    Variant("self-support in training", "ssp", SELF_SUPPORT_ARGS),
-    Variant("+ SSL", "ssp", SSL_ARGS),
-    Variant(SSP_ROW, "ssp", SSP_ARGS),
+    Variant("self-support in training", SSP.name, SELF_SUPPORT_ARGS),
+    Variant("+ SSL", SSP.name, SSL_ARGS),
+    Variant(SSP_ROW, SSP.name, SSP_ARGS),
     # --- the trained SSP with one component switched off at test
-    Variant("SSP, refinement off at test", "ssp", SSP_ARGS, eval_args={"refine": False}, trained_as=SSP_ROW),
-    Variant("SSP, SSFP off at test", "ssp", SSP_ARGS, eval_args={"use_ssfp": False}, trained_as=SSP_ROW),
-    Variant("SSP, ASBP off at test (background: SSBP)", "ssp", SSP_ARGS, eval_args={"use_asbp": False},
+    Variant("SSP, refinement off at test", SSP.name, SSP_ARGS, eval_args={"refine": False}, trained_as=SSP_ROW),
+    Variant("SSP, SSFP off at test", SSP.name, SSP_ARGS, eval_args={"use_ssfp": False}, trained_as=SSP_ROW),
+    Variant("SSP, ASBP off at test (background: SSBP)", SSP.name, SSP_ARGS, eval_args={"use_asbp": False},
             trained_as=SSP_ROW),
-    Variant("SSP, SSBP off at test (background: ASBP)", "ssp", SSP_ARGS, eval_args={"use_ssbp": False},
+    Variant("SSP, SSBP off at test (background: ASBP)", SSP.name, SSP_ARGS, eval_args={"use_ssbp": False},
             trained_as=SSP_ROW),
-    Variant("SSP, self-support off at test", "ssp", SSP_ARGS,
+    Variant("SSP, self-support off at test", SSP.name, SSP_ARGS,
             eval_args={"use_ssfp": False, "use_ssbp": False, "use_asbp": False}, trained_as=SSP_ROW),
 ]
 
@@ -69,3 +74,9 @@ SSP_REFERENCES = {later.name: earlier.name for earlier, later in zip(SSP_VARIANT
 SSP_REFERENCES.update({v.name: SSP_ROW for v in SSP_VARIANTS[7:]})
 #: The rows that train (the others reuse their weights).
 SSP_TRAINED = [v.name for v in SSP_VARIANTS if v.trained_as is None]
+
+
+def paper_value(variant: Variant, shot: int) -> str:
+    """The paper's number for the baseline and the full model (PASCAL-5i, ResNet-50), or ""."""
+    key = {BASELINE_ROW: "baseline_noRefine_R50", SSP_ROW: "SSP_refine_R50"}.get(variant.name)
+    return f"{published('SSP')['pascal5i'][f'{key}_{shot}shot']['mean']:.1f}" if key else ""

@@ -1,13 +1,13 @@
 """The interactive ablation explorer of notebook 07: pick a method, fold, shot and switches; see the row.
 
-A *selection* is a method and the values of its ablation switches (:data:`SWITCHES`, the config
-fields the method tables vary). :func:`find_variant` looks it up among the rows of the tables that
-``reproduce`` runs (the trained rows and the test-time rows); :func:`evaluate_selection` then reads
-its rows in the table CSVs that ``reproduce`` wrote (the default profile's ``results/<table>.csv``,
-the ones the README shows) when every training seed is there, and otherwise trains the selection
-with a short recipe (one seed, a few hundred test episodes), labelled as such. The widgets only
-call these functions, so the notebook can also be run top to bottom without a browser (as the
-tests do).
+A *selection* is a method and the values of its ablation switches (the ``explorer_switches`` of its
+record: the config fields the method tables vary). :func:`find_variant` looks it up among the rows
+of the tables that ``reproduce`` runs (the trained rows and the test-time rows);
+:func:`evaluate_selection` then reads its rows in the table CSVs that ``reproduce`` wrote (the
+default profile's ``results/<table>.csv``, the ones the README shows) when every training seed is
+there, and otherwise trains the selection with a short recipe (one seed, a few hundred test
+episodes), labelled as such. The widgets only call these functions, so the notebook can also be run
+top to bottom without a browser (as the tests do).
 """
 from __future__ import annotations
 
@@ -16,31 +16,21 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..engine.protocol import EvalProtocol
-from ..experiments.ablation import Variant, ablation_table, run_ablation, train_variant
-from ..experiments.profiles import PROFILES, Profile
-from ..experiments.profiles import stored_rows as stored_rows_of_table
-from ..experiments.tables import tables
-from ..models.registry import method_class
+from ..models.registry import METHODS, method_class, method_record
 from ..runtime import fast_mode
+from .ablation import Variant, ablation_table, run_ablation, train_variant
+from .profiles import PROFILES, Profile
+from .profiles import stored_rows as stored_rows_of_table
+from .tables import tables
 
-#: Switch label -> the config field(s) it sets (several fields move together: the SSP "self-support
-#: loss" is its query and support terms; "refinement" is the second round and the loss on out_1).
-SWITCHES: dict[str, dict[str, tuple[str, ...]]] = {
-    "protonet": {},
-    "panet": {"prototype alignment (PAR)": ("par_weight",)},
-    "ssp": {"SSFP (self-support foreground prototype)": ("use_ssfp",),
-            "SSBP (self-support background prototype)": ("use_ssbp",),
-            "ASBP (adaptive background prototypes)": ("use_asbp",),
-            "self-support loss": ("ssl_query", "ssl_support"),
-            "refinement round": ("refine", "out1_loss")},
-    "pfenet": {},
-    "mspf": {"multi-scale prior": ("multi_scale_prior",), "multi-scale fusion (off: ASPP)": ("multi_scale_fusion",),
-             "inter-scale connection (prior)": ("prior_connection",),
-             "horizontal/vertical interaction": ("scale_interaction",), "scale weights": ("scale_weights",),
-             "auxiliary loss": ("aux_loss",)},
-    "msdnet": {"token self-attention (STD)": ("token_self_attention",)},
-}
-METHODS = tuple(SWITCHES)
+# METHODS is re-exported: the notebook's method menu lists every method in the order of the tables.
+__all__ = ["METHODS", "default_switches", "evaluate_selection", "find_variant", "paper_row", "selection_model",
+           "selection_variant", "switches_of", "tables_beside_papers"]
+
+
+def switches_of(method: str) -> dict[str, tuple[str, ...]]:
+    """Switch label -> the config field(s) it sets (several fields can move together), from the record."""
+    return method_record(method).explorer_switches
 
 
 def _field_value(method: str, field: str, on: bool):
@@ -50,12 +40,13 @@ def _field_value(method: str, field: str, on: bool):
 def _switch_state(variant: Variant) -> dict[str, bool]:
     """The switches of a table row as the model sees them at test time (``eval_args`` applied)."""
     config = method_class(variant.model).config_class(**{**variant.model_args, **variant.eval_args})
-    return {label: all(bool(getattr(config, f)) for f in fields) for label, fields in SWITCHES[variant.model].items()}
+    return {label: all(bool(getattr(config, f)) for f in fields)
+            for label, fields in switches_of(variant.model).items()}
 
 
 def default_switches(method: str) -> dict[str, bool]:
     config = method_class(method).config_class()
-    return {label: all(bool(getattr(config, f)) for f in fields) for label, fields in SWITCHES[method].items()}
+    return {label: all(bool(getattr(config, f)) for f in fields) for label, fields in switches_of(method).items()}
 
 
 @dataclass
@@ -78,11 +69,9 @@ def find_variant(method: str, switches: dict[str, bool]) -> Found | None:
 
 def selection_variant(method: str, switches: dict[str, bool]) -> Variant:
     """A new row for a combination that no table has (trained with the tables' head settings)."""
-    from ..experiments.tables.mspf import PFENET, SYNTHETIC_HEAD
-
-    args = dict(SYNTHETIC_HEAD) if method == "mspf" else dict(PFENET.model_args) if method == "pfenet" else {}
+    args = dict(method_record(method).synthetic_head)
     for label, on in switches.items():
-        for field in SWITCHES[method][label]:
+        for field in switches_of(method)[label]:
             args[field] = _field_value(method, field, on)
     name = ", ".join(f"{label} {'on' if on else 'off'}" for label, on in switches.items()) or method
     return Variant(f"{method}: {name}", method, args)
@@ -154,19 +143,15 @@ def selection_model(selection: Selection, fold: int):
 
 
 def paper_row(selection: Selection, shot: int) -> str:
-    from ..experiments.report import paper_value
-
     if selection.table is None:
         return "no table of the paper has this combination"
-    value = paper_value(selection.table, selection.variant, shot)
+    value = next(t for t in tables() if t.key == selection.table).paper_value(selection.variant, shot)
     return value or "the paper reports no number for this row"
 
 
 def tables_beside_papers(profile: str = "default") -> dict[str, pd.DataFrame]:
     """Each table as stored by ``reproduce`` (``results/<table>.csv``) with the paper's column;
     tables that have not been produced are left out."""
-    from ..experiments.report import paper_value
-
     chosen = PROFILES[profile]
     out = {}
     for table in tables():
@@ -175,7 +160,7 @@ def tables_beside_papers(profile: str = "default") -> dict[str, pd.DataFrame]:
             continue
         result = ablation_table(rows, table.references)
         by_name = {v.name: v for v in table.variants}
-        result["paper (PASCAL-5i)"] = [paper_value(table.key, by_name[m], s) if m in by_name else ""
+        result["paper (PASCAL-5i)"] = [table.paper_value(by_name[m], s) if m in by_name else ""
                                        for m, s in zip(result.method, result.shot)]
         out[table.title] = result.round(2)
     return out
