@@ -137,7 +137,8 @@ def command_train(args) -> None:
 def command_eval(args) -> None:
     from .data import build_source
     from .engine.episodic import load_run
-    from .engine.protocol import EvalProtocol, evaluate, format_summary, summarize
+    from .engine.protocol import EvalProtocol, evaluate
+    from .engine.statistics import format_summary, summarize
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.json").exists():
@@ -155,7 +156,8 @@ def command_eval(args) -> None:
 
 
 def command_baselines(args) -> None:
-    from .engine.protocol import EvalProtocol, format_summary, summarize
+    from .engine.protocol import EvalProtocol
+    from .engine.statistics import format_summary, summarize
     from .experiments.baselines import baseline_rows
 
     protocol = apply_to_protocol(EvalProtocol(), parse_overrides(args.overrides))

@@ -25,7 +25,8 @@ from fsslib.data import EpisodeDataset, EpisodePool, collate_episodes, eval_tran
 from fsslib.data.sources import LABEL_IGNORE
 from fsslib.engine import Evaluator, episode_iou
 from fsslib.engine.feature_cache import CachedEpisodeDataset, FeatureCache, cache_key
-from fsslib.engine.protocol import EvalProtocol, evaluate, per_seed
+from fsslib.engine.protocol import EvalProtocol, evaluate
+from fsslib.engine.statistics import per_seed
 from fsslib.models import build_model
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))

@@ -8,7 +8,8 @@ import torch
 
 from fsslib.data import EpisodePool, first_shots, oracle_episode, sample_episodes
 from fsslib.data.factors import FACTORS
-from fsslib.engine.protocol import EvalProtocol, evaluate, per_seed
+from fsslib.engine.protocol import EvalProtocol, evaluate
+from fsslib.engine.statistics import per_seed
 from fsslib.experiments.ablation import shot_gain_table
 from fsslib.models import build_model
 

@@ -5,7 +5,9 @@ import torch
 
 from fsslib.data import EpisodeDataset, EpisodePool, collate_episodes, eval_transform
 from fsslib.engine import Evaluator
-from fsslib.engine.protocol import AllForeground, EvalProtocol, evaluate, interval95, per_seed, summarize
+from fsslib.engine.protocol import EvalProtocol, evaluate
+from fsslib.engine.statistics import interval95, per_seed, summarize
+from fsslib.experiments.baselines import AllForeground
 from fsslib.models import build_model
 
 

@@ -9,9 +9,9 @@ goes through the backbone **once per protocol run** (:class:`~fsslib.engine.feat
 episodes are then assembled from cached features and only the method's head runs, in batches.
 
 Results are rows ``(method, fold, shot, seed, class, intersection, union)``; class 0 holds the
-background and class -1 the (class-agnostic) foreground counts of FB-IoU. :func:`summarize` turns rows into mIoU
-and FB-IoU
-per seed, then a mean and a 95% t-interval over seeds. ``evaluate(..., episode_rows=[])`` also
+background and class -1 the (class-agnostic) foreground counts of FB-IoU.
+:func:`fsslib.engine.statistics.summarize` turns rows into mIoU and FB-IoU per seed, then a mean
+and a 95% t-interval over seeds. ``evaluate(..., episode_rows=[])`` also
 collects one row per 1-way episode (its query, supports, class and foreground counts): summed per
 class they give the same IoU, and any subset of episodes, such as a factor's bin, gets its own.
 """
@@ -32,7 +32,6 @@ from ..models.ops import hard_labels, resize_to
 from ..runtime import default_device
 from .evaluator import Evaluator, episode_counts
 from .feature_cache import FeatureCache, backbone_frozen, cache_key
-from .statistics import class_wise_miou, interval95, with_interval  # noqa: F401 - interval95 re-exported
 from .trainer import runs_dir
 
 ROW_COLUMNS = ["method", "fold", "shot", "seed", "class", "intersection", "union"]
@@ -100,17 +99,6 @@ class EvalProtocol:
         if self.supports == "oracle":
             lists = {seed: [oracle_episode(e) for e in episodes] for seed, episodes in lists.items()}
         return lists
-
-
-class AllForeground(nn.Module):
-    """Reference predictor that labels every pixel foreground (no features needed)."""
-
-    feature_stages: tuple[str, ...] = ()
-
-    def head(self, query_feats, support_feats, support_masks, way, out_size):
-        logits = torch.zeros(support_masks.shape[0], 1 + way, *out_size, device=support_masks.device)
-        logits[:, 1] = 1.0
-        return {"logits": logits}
 
 
 def evaluate(model: nn.Module, source, fold: int, protocol: EvalProtocol = EvalProtocol(), method: str = "model",
@@ -205,33 +193,3 @@ def _evaluate_batch(model, cache: FeatureCache, episodes: list[Episode], protoco
         if way == 1:
             counts += list(zip(*(c.tolist() for c in episode_counts(pred, target))))
     return counts
-
-
-def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
-    """mIoU and FB-IoU of every (method, fold, shot, seed), in percent."""
-    def fb_iou(group: pd.DataFrame) -> float:
-        fb = [group.loc[group["class"] == c, ["intersection", "union"]].sum() for c in (0, -1)]
-        return 100 * (0.5 * sum(f["intersection"] / max(f["union"], 1) for f in fb))
-
-    keys = ["method", "fold", "shot", "seed"]
-    fbiou = rows.groupby(keys, sort=False)[["class", "intersection", "union"]].apply(fb_iou).rename("fbiou")
-    return pd.concat([class_wise_miou(rows, keys), fbiou], axis=1).reset_index()
-
-
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% interval over seeds of mIoU and FB-IoU per (method, fold, shot)."""
-    scores = per_seed(rows)
-    out = []
-    for (method, fold, shot), g in scores.groupby(["method", "fold", "shot"], sort=False):
-        miou, miou_ci = interval95(g["miou"])
-        fbiou, fbiou_ci = interval95(g["fbiou"])
-        out.append(dict(method=method, fold=fold, shot=shot, seeds=len(g), miou=miou, miou_ci95=miou_ci,
-                        fbiou=fbiou, fbiou_ci95=fbiou_ci))
-    return pd.DataFrame(out)
-
-
-def format_summary(summary: pd.DataFrame) -> str:
-    table = summary.assign(
-        mIoU=[with_interval(m, c) for m, c in zip(summary.miou, summary.miou_ci95)],
-        **{"FB-IoU": [with_interval(m, c) for m, c in zip(summary.fbiou, summary.fbiou_ci95)]})
-    return table[["method", "fold", "shot", "seeds", "mIoU", "FB-IoU"]].to_string(index=False)

@@ -62,3 +62,34 @@ def paired_difference(values: pd.Series, reference: pd.Series) -> PairedDifferen
     if paired.empty:
         return PairedDifference(float("nan"), float("nan"), 0)
     return PairedDifference(*interval95(paired), len(paired))
+
+
+# ---------------------------------------------------------------------- evaluation rows
+def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """mIoU and FB-IoU of every (method, fold, shot, seed), in percent."""
+    def fb_iou(group: pd.DataFrame) -> float:
+        fb = [group.loc[group["class"] == c, ["intersection", "union"]].sum() for c in (0, -1)]
+        return 100 * (0.5 * sum(f["intersection"] / max(f["union"], 1) for f in fb))
+
+    keys = ["method", "fold", "shot", "seed"]
+    fbiou = rows.groupby(keys, sort=False)[["class", "intersection", "union"]].apply(fb_iou).rename("fbiou")
+    return pd.concat([class_wise_miou(rows, keys), fbiou], axis=1).reset_index()
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% interval over seeds of mIoU and FB-IoU per (method, fold, shot)."""
+    scores = per_seed(rows)
+    out = []
+    for (method, fold, shot), g in scores.groupby(["method", "fold", "shot"], sort=False):
+        miou, miou_ci = interval95(g["miou"])
+        fbiou, fbiou_ci = interval95(g["fbiou"])
+        out.append(dict(method=method, fold=fold, shot=shot, seeds=len(g), miou=miou, miou_ci95=miou_ci,
+                        fbiou=fbiou, fbiou_ci95=fbiou_ci))
+    return pd.DataFrame(out)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    table = summary.assign(
+        mIoU=[with_interval(m, c) for m, c in zip(summary.miou, summary.miou_ci95)],
+        **{"FB-IoU": [with_interval(m, c) for m, c in zip(summary.fbiou, summary.fbiou_ci95)]})
+    return table[["method", "fold", "shot", "seeds", "mIoU", "FB-IoU"]].to_string(index=False)

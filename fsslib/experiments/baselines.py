@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from torch import nn
 
 from ..data import build_source
 from ..engine.episodic import train_fewshot
 from ..engine.pretrain import pretrained_backbone
-from ..engine.protocol import AllForeground, EvalProtocol, evaluate
+from ..engine.protocol import EvalProtocol, evaluate
 from ..models import build_model
 from ..models.registry import REFERENCE_METHOD
 from .configs import SYNTHETIC_BACKBONE, experiment
 
+
+class AllForeground(nn.Module):
+    """Reference predictor that labels every pixel foreground (no features needed)."""
+
+    feature_stages: tuple[str, ...] = ()
+
+    def head(self, query_feats, support_feats, support_masks, way, out_size):
+        logits = torch.zeros(support_masks.shape[0], 1 + way, *out_size, device=support_masks.device)
+        logits[:, 1] = 1.0
+        return {"logits": logits}
 
 def baseline_rows(fold: int = 0, seed: int = 0, protocol: EvalProtocol = EvalProtocol(), progress: bool = True,
                   device=None, trained=None) -> pd.DataFrame:

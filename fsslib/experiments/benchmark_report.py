@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import build_source
-from ..engine.protocol import AllForeground, EvalProtocol, evaluate, per_seed
-from ..engine.statistics import paired_difference, with_interval
+from ..engine.protocol import EvalProtocol, evaluate
+from ..engine.statistics import paired_difference, per_seed, with_interval
 from ..models.ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
 from .ablation import train_variant
+from .baselines import AllForeground
 from .factors import factor_breakdown, factor_spread, with_factors
 from .profiles import notebook_profile
 

@@ -97,7 +97,8 @@ def tiny_config(method: str, device: torch.device, cached: bool = False, **overr
 def train_resume_evaluate(config, source, folder: Path) -> str:
     """The cycle of the module docstring; returns a summary, raises on any failure."""
     from ..engine.episodic import train_fewshot
-    from ..engine.protocol import EvalProtocol, evaluate, per_seed
+    from ..engine.protocol import EvalProtocol, evaluate
+    from ..engine.statistics import per_seed
 
     straight = train_fewshot(config, folder / "straight", progress=False, source=source)
     train_fewshot(config, folder / "resumed", progress=False, stop_after=STEPS // 2, source=source)
