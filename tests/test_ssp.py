@@ -163,11 +163,13 @@ def test_self_support_module_against_per_episode_gathering():
     torch.testing.assert_close(ss.probs, logits.softmax(1))
 
 
-def test_full_prediction_against_the_direct_computation_k_shot():
+@pytest.mark.parametrize("fast_paths", [True, False])
+def test_full_prediction_against_the_direct_computation_k_shot(fast_paths):
     query, supports, masks = _episode(b=2, k=2, seed=3)
     # thresholds of 1.0 are never passed: every selection is the top-12 fallback
     for refine, thresholds in ((True, (0.7, 0.6)), (False, (0.7, 0.6)), (True, (1.0, 1.0))):
-        model = build_model("ssp", refine=refine, fg_threshold=thresholds[0], bg_threshold=thresholds[1])
+        model = build_model("ssp", refine=refine, fg_threshold=thresholds[0], bg_threshold=thresholds[1],
+                            fast_paths=fast_paths)
         out = _head(model, query, supports, masks)
         for b in range(2):
             out0, out1, final = _forward(query[b], supports[b], masks[b], refine, thresholds)
@@ -366,9 +368,9 @@ def test_resnet50_layer3_features_and_trainable_stages():
     assert out["query_features"].shape == (1, 1024, 9, 9) and out["logits"].shape == (1, 2, 65, 65)
 
 
-def test_gathered_attention_equals_the_masked_softmax_over_all_pixels_with_gradients():
-    """Gathering S_b (padded per batch) is an implementation detail: values and gradients are those
-    of the plain formulation, a softmax over every pixel with -inf outside S_b."""
+def test_asbp_is_the_masked_softmax_over_all_pixels_with_gradients():
+    """ASBP's values and gradients are those of a softmax over every pixel with -inf outside S_b
+    (the fast twin, which gathers S_b, is checked against this module in test_fast_paths.py)."""
     torch.manual_seed(6)
     feats = torch.randn(3, 8, 5, 4, requires_grad=True)
     selection = torch.rand(3, 20) > 0.5

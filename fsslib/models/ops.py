@@ -233,7 +233,7 @@ def unit_vectors(features: Tensor, dim: int = 1) -> Tensor:
     return features / clamped_norm(features, dim, keepdim=True)
 
 
-def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor, unit: Tensor | None = None) -> Tensor:
+def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -> Tensor:
     r"""Scaled cosine similarity between every feature vector and every prototype.
 
     .. math::
@@ -251,8 +251,6 @@ def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor, u
         prototypes: ``[B, P, C]`` (one vector per prototype) or ``[B, P, C, h, w]`` (a vector
             per prototype and pixel, e.g. SSP's adaptive background prototypes).
         scale: ``s``, a number or a (learnable) scalar tensor.
-        unit: ``unit_vectors(features)`` when the caller has it (SSP matches the same query
-            features several times; at 60 x 60 x 1024, normalising costs more than the products).
 
     Returns:
         ``[B, P, h, w]``: channel ``p`` scores prototype ``p`` (e.g. ``[background, foreground]``).
@@ -271,7 +269,7 @@ def cosine_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor, u
             f"prototypes must be [B, P, C] or [B, P, C, h, w] with B, C, h, w = {batch}, "
             f"{channels}, {height}, {width} (from features), got shape {tuple(prototypes.shape)}"
         )
-    unit = unit_vectors(features) if unit is None else unit
+    unit = unit_vectors(features)
     if prototypes.dim() == 5:  # one dot product per pixel (an einsum would issue h*w tiny products)
         dots = (unit.unsqueeze(1) * prototypes).sum(dim=2)
         return scale * dots / clamped_norm(prototypes, dim=2)

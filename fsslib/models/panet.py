@@ -78,6 +78,9 @@ Outputs of :meth:`PANet.head` besides ProtoNet's ``"logits"`` ``[B, 1+N, H, W]``
 - ``"par_valid"`` bool ``[B, N]``: ``v_{b,n}``.
 
 :func:`prototype_alignment` computes the same outside training (e.g. for a figure).
+
+This file is the plain computation. With ``config.fast_paths`` (the default) the matching and PAR's
+reverse segmentation run their twins in :mod:`fsslib.models.fast`, which compute the same outputs.
 """
 from __future__ import annotations
 
@@ -89,16 +92,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..reference import published
-from .ops import (
-    IGNORE_INDEX,
-    background_mask,
-    cosine_logits,
-    foreground_mask,
-    hard_labels,
-    masked_average_pooling,
-    resize_to,
-)
-from .protonet import REAL_DATA_RECIPE, ProtoNet, ProtoNetConfig
+from . import fast
+from .ops import IGNORE_INDEX, background_mask, foreground_mask, resize_to
+from .protonet import REAL_DATA_RECIPE, ProtoNet, ProtoNetConfig, prototype_logits
 from .record import BenchSettings, MethodRecord
 
 __all__ = ["PANet", "PANetConfig", "REAL_DATA_RECIPE", "par_loss", "par_targets", "prototype_alignment"]
@@ -130,18 +126,17 @@ def prototype_alignment(query_feats: Tensor, query_logits: Tensor, support_feats
     """
     b, s = support_feats.shape[:2]
     shot = s // way
-    # Hard predicted masks, one per class: [B, 1+N, h, w]; the argmax carries no gradient.
-    predicted = F.one_hot(hard_labels(query_logits), 1 + way).permute(0, 3, 1, 2).to(query_feats.dtype)
-    # The masks are already h x w, so "resize_mask" resizes nothing: sum F [y=j] / (sum [y=j] + eps).
-    pooled = query_feats.unsqueeze(1).expand(-1, 1 + way, -1, -1, -1).flatten(0, 1)
-    query_prototypes = masked_average_pooling(pooled, predicted.flatten(0, 1), "resize_mask", eps)
-    query_prototypes = query_prototypes.unflatten(0, (b, 1 + way))
+    # [y = j] for every class j: [B, 1+N, h, w]; the argmax carries no gradient.
+    predicted = F.one_hot(query_logits.argmax(dim=1), 1 + way).permute(0, 3, 1, 2).to(query_feats.dtype)
+    # \hat p_j = sum F_q [y = j] / (sum [y = j] + eps): [B, 1+N, C]
+    area = predicted.sum(dim=(2, 3)).unsqueeze(2)
+    query_prototypes = (query_feats.unsqueeze(1) * predicted.unsqueeze(2)).sum(dim=(3, 4)) / (area + eps)
     par_valid = predicted[:, 1:].sum(dim=(2, 3)) > 0
 
-    # Support n*K + k is matched against [p_bg, p_n]: [B, N, 2, C] -> one pair per support [B*S, 2, C].
+    # Support n*K + k is segmented against [\hat p_bg, \hat p_n]: [B, N, 2, C] -> [B*N*K, 2, C].
     bg, fg = query_prototypes[:, :1], query_prototypes[:, 1:]
     pairs = torch.stack([bg.expand_as(fg), fg], dim=2).repeat_interleave(shot, dim=1).flatten(0, 1)
-    logits = cosine_logits(support_feats.flatten(0, 1), pairs, scale)
+    logits = prototype_logits(support_feats.flatten(0, 1), pairs, scale)
     support_logits = resize_to(logits, mask_size, "bilinear", align_corners=False).unflatten(0, (b, s))
     return {"support_logits": support_logits, "query_prototypes": query_prototypes, "par_valid": par_valid}
 
@@ -189,9 +184,10 @@ class PANet(ProtoNet):
             stage, scale = self.config.feature_stage, self.config.scale
             query = query_feats[stage]
             # ProtoNet's query logits before upsampling: PAR takes the argmax at feature resolution.
-            query_logits = cosine_logits(query, output["prototypes"], scale)
-            output.update(prototype_alignment(query, query_logits, support_feats[stage], way,
-                                              support_masks.shape[-2:], scale, self.config.eps))
+            query_logits = self.logits(query, output["prototypes"])
+            alignment = fast.panet_prototype_alignment if self.config.fast_paths else prototype_alignment
+            output.update(alignment(query, query_logits, support_feats[stage], way,
+                                    support_masks.shape[-2:], scale, self.config.eps))
         return output
 
     def loss(self, output, batch):

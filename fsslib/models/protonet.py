@@ -30,16 +30,21 @@ Under both, pixels coded 254 (the episode's other classes in N-way supports, unl
 a scribble) are in neither ``p_n`` nor ``p_bg``. The loss is the cross-entropy of the query
 prediction with 255 ignored. Shapes as in :mod:`fsslib.models.base`; the prototypes are
 ``[B, 1 + N, C]``.
+
+This file is the plain computation. With ``config.fast_paths`` (the default) the matching runs its
+twin in :mod:`fsslib.models.fast`, which computes the same logits.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from . import fast
 from .base import FewShotSegmenter, ModelConfig
-from .ops import background_mask, cosine_logits, foreground_mask, masked_average_pooling, resize_to
+from .ops import background_mask, foreground_mask, masked_average_pooling, resize_to
 from .record import MethodRecord
 
 #: The paper's training recipe (section 4.1), used for PANet and for ProtoNet (PANet without PAR):
@@ -82,6 +87,14 @@ def episode_prototypes(support_feats: Tensor, support_masks: Tensor, way: int, p
     return torch.cat([bg.mean(dim=1, keepdim=True), fg.mean(dim=2)], dim=1)
 
 
+def prototype_logits(features: Tensor, prototypes: Tensor, scale: float) -> Tensor:
+    """``[B, P, h, w]``: ``scale * cos(F(x, y), p_j)`` for every prototype ``j`` of ``[B, P, C]``.
+
+    ``F.cosine_similarity`` clamps each norm at ``1e-8``, so a zero prototype scores 0, not NaN.
+    """
+    return scale * F.cosine_similarity(features.unsqueeze(1), prototypes[..., None, None], dim=2)
+
+
 class ProtoNet(FewShotSegmenter):
     config_class = ProtoNetConfig
 
@@ -89,11 +102,16 @@ class ProtoNet(FewShotSegmenter):
         super().__init__(config)
         self.feature_stages = (config.feature_stage,)
 
+    def logits(self, features: Tensor, prototypes: Tensor) -> Tensor:
+        """:func:`prototype_logits` with the configured scale, at the features' resolution."""
+        logits_of = fast.prototype_logits if self.config.fast_paths else prototype_logits
+        return logits_of(features, prototypes, self.config.scale)
+
     def head(self, query_feats, support_feats, support_masks, way, out_size):
         stage = self.config.feature_stage
         prototypes = episode_prototypes(support_feats[stage], support_masks, way, self.config.pooling,
                                         self.config.eps, self.config.background)
-        logits = cosine_logits(query_feats[stage], prototypes, self.config.scale)
+        logits = self.logits(query_feats[stage], prototypes)
         return {"logits": resize_to(logits, out_size, "bilinear", align_corners=False), "prototypes": prototypes}
 
 

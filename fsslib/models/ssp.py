@@ -77,10 +77,10 @@ Choices, checked against the authors' code where the paper is silent:
   or attended, the attention weights included. Nothing is detached.
 - ``BP_1`` does not contain the support background ``BP`` (it enters again only in ``BP_2``).
 - The background cosine with ASBP is taken pixel by pixel, ``cos(F(x), BP_1(x))``.
-- ASBP attends over the selected background pixels only: they are gathered first (padded to
-  the batch's largest ``S_b``, padding masked with ``-inf``), so the cost grows with ``|S_b|``;
-  the query pixel itself is among them if it is selected. Features
-  are normalised with ``F.normalize`` (a zero feature vector gives similarity 0, where the
+- ASBP attends over the selected background pixels only (the similarities of every other pixel
+  are masked with ``-inf`` before the softmax); the query pixel itself is among them if it is
+  selected. Features are normalised with ``F.normalize`` (norms clamped at ``1e-8``, as
+  ``F.cosine_similarity`` clamps them: a zero feature vector gives similarity 0, where the
   authors' plain division would give NaN); the weighted sum is over the *unnormalised* features.
 - The authors' code also builds an adaptive *foreground* prototype but never uses it; it is
   omitted here.
@@ -132,9 +132,10 @@ their parameters are frozen too; the optimiser and parameter counts see only wha
   tensors themselves, for the loss and for figures).
 
 The ASBP attention ``a(x, .)`` of chosen query pixels: :meth:`SSP.background_attention` (or
-:func:`adaptive_background_attention`). Cost: ASBP compares every query pixel with the selected background pixels only,
-``[B, h*w, max_b |S_b|]`` similarities (:func:`~fsslib.models.ops.gather_cells`); at most ``[B, h*w, h*w]`` (60 x 60
-features, 32 episodes: 1.7 GB per float32 copy, a few copies at the peak).
+:func:`adaptive_background_attention`).
+
+This file is the plain computation. With ``config.fast_paths`` (the default) the head and the loss
+run their twins in :mod:`fsslib.models.fast`, which compute the same outputs.
 """
 from __future__ import annotations
 
@@ -147,18 +148,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..reference import published
+from . import fast
 from .base import FewShotSegmenter, ModelConfig
 from .ops import (
+    COSINE_EPS,
     IGNORE_INDEX,
     background_mask,
-    cosine_logits,
     excluded_as_ignore,
     foreground_mask,
-    gather_cells,
     masked_average_pooling,
     resize_to,
-    unit_vectors,
-    weighted_cell_sum,
 )
 from .record import BenchSettings, MethodRecord
 
@@ -245,17 +244,19 @@ def support_prototypes(support_feats: Tensor, support_masks: Tensor, eps: float 
     return fg.unflatten(0, (b, k)), bg.unflatten(0, (b, k))
 
 
-def match(features: Tensor, fg: Tensor, bg: Tensor, scale: float, unit: Tensor | None = None) -> Tensor:
+def match(features: Tensor, fg: Tensor, bg: Tensor, scale: float) -> Tensor:
     """Two-channel cosine logits ``[B, 2, h, w]`` = ``scale * (cos(F, bg), cos(F, fg))``.
 
     Args:
         features: ``[B, C, h, w]``.
         fg, bg: ``[B, C]`` (one prototype) or ``[B, C, h, w]`` (one prototype per pixel).
-        unit: ``unit_vectors(features)`` when the caller has it (the head matches the same query
-            features three times).
     """
-    unit = unit_vectors(features) if unit is None else unit
-    return torch.cat([cosine_logits(features, p.unsqueeze(1), scale, unit) for p in (bg, fg)], dim=1)
+    def cos(prototype: Tensor) -> Tensor:
+        if prototype.dim() == 2:  # one vector for every pixel
+            prototype = prototype[..., None, None]
+        return F.cosine_similarity(features, prototype, dim=1)
+
+    return scale * torch.stack([cos(bg), cos(fg)], dim=1)
 
 
 def confident_pixels(prob: Tensor, threshold: float, fallback_topk: int) -> Tensor:
@@ -271,15 +272,10 @@ def confident_pixels(prob: Tensor, threshold: float, fallback_topk: int) -> Tens
 
 
 def selected_mean(features: Tensor, selection: Tensor) -> Tensor:
-    """Mean ``[B, C]`` of the feature vectors ``[B, C, P]`` at the selected pixels ``bool [B, P]``."""
-    return weighted_cell_sum(features, selection) / selection.sum(dim=-1, keepdim=True).to(features.dtype)
-
-
-def _attention_over_selected(unit_queries: Tensor, unit_keys: Tensor, valid: Tensor, scale: float) -> Tensor:
-    """``softmax_y(scale * cos(x, y))`` over the valid keys, from unit vectors: ``[B, C, Q]``, ``[B, C, N]``
-    -> ``[B, Q, N]``."""
-    similarity = scale * torch.einsum("bcq,bcn->bqn", unit_queries, unit_keys)
-    return similarity.masked_fill(~valid.unsqueeze(1), float("-inf")).softmax(dim=-1)
+    """Mean ``[B, C]`` of the feature vectors ``[B, C, P]`` at the selected pixels ``bool [B, P]``:
+    ``SSFP = (F * S_f).sum / S_f.sum``."""
+    s = selection.unsqueeze(1).to(features.dtype)  # [B, 1, P]
+    return (features * s).sum(dim=-1) / s.sum(dim=-1)
 
 
 def adaptive_background_attention(features: Tensor, selection: Tensor, scale: float = 2.0,
@@ -298,17 +294,27 @@ def adaptive_background_attention(features: Tensor, selection: Tensor, scale: fl
         ``[B, Q, P]`` (``Q = P`` when ``query_index`` is None); each row sums to 1 over ``S_b``
         and is 0 elsewhere.
     """
-    feats = unit_vectors(features.flatten(2))  # [B, C, P]
+    unit = F.normalize(features.flatten(2), dim=1, eps=COSINE_EPS)  # [B, C, P]
+    similarity = scale * unit.transpose(1, 2) @ unit  # [B, P, P]: scale * cos(F(x), F(y))
+    in_background = selection.flatten(1).unsqueeze(1)  # [B, 1, P], over y
+    attention = similarity.masked_fill(~in_background, float("-inf")).softmax(dim=-1)
     if query_index is None:
-        queries = feats
-    elif query_index.dim() == 1:
-        queries = feats[:, :, query_index.to(feats.device)]
-    else:
-        queries = feats.gather(2, query_index.to(feats.device).unsqueeze(1).expand(-1, feats.shape[1], -1))
-    keys, valid, index = gather_cells(feats, selection.flatten(1))
-    weights = _attention_over_selected(queries, keys, valid, scale)  # [B, Q, N]
-    maps = weights.new_zeros(*weights.shape[:2], feats.shape[-1])
-    return maps.scatter(2, index.unsqueeze(1).expand(-1, weights.shape[1], -1), weights)
+        return attention
+    query_index = query_index.to(attention.device)
+    if query_index.dim() == 1:
+        return attention[:, query_index]
+    return attention.gather(1, query_index.unsqueeze(-1).expand(-1, -1, attention.shape[-1]))
+
+
+def adaptive_background_prototype(features: Tensor, selection: Tensor, scale: float = 2.0) -> Tensor:
+    """ASBP ``[B, C, h, w]``: ``ASBP(x) = sum_y a(x, y) F(y)`` with ``a`` the attention over ``S_b``.
+
+    Args:
+        features: ``[B, C, h, w]``.
+        selection: bool ``[B, h, w]``, ``S_b``.
+    """
+    attention = adaptive_background_attention(features, selection, scale)  # [B, P(x), P(y)]
+    return torch.einsum("bxy,bcy->bcx", attention, features.flatten(2)).view_as(features)
 
 
 class SelfSupport(NamedTuple):
@@ -323,54 +329,42 @@ class SelfSupport(NamedTuple):
 
 
 def self_support(features: Tensor, logits: Tensor, fg_threshold: float = 0.7, bg_threshold: float = 0.6,
-                 fallback_topk: int = 12, asbp_scale: float = 2.0, adaptive: bool = True,
-                 unit: Tensor | None = None) -> SelfSupport:
+                 fallback_topk: int = 12, asbp_scale: float = 2.0, adaptive: bool = True) -> SelfSupport:
     """The self-support module: query prototypes from the confident pixels of a prediction.
 
     Args:
         features: query features ``[B, C, h, w]``.
         logits: ``[B, 2, h, w]`` (background, foreground) at the same resolution.
-        adaptive: compute ASBP (the only costly part: ``[B, h*w, |S_b|]`` similarities).
-        unit: ``unit_vectors(features)``, if the caller has it.
+        adaptive: compute ASBP (off when ``use_asbp`` is).
     """
     b, c, h, w = features.shape
-    probs = logits.float().softmax(dim=1)
-    flat = probs.flatten(2)  # [B, 2, P]
-    fg_sel = confident_pixels(flat[:, 1], fg_threshold, fallback_topk)
-    bg_sel = confident_pixels(flat[:, 0], bg_threshold, fallback_topk)
-    feats = features.flatten(2)
-    asbp = None
-    if adaptive:
-        # S_b alone, padded to the batch's largest: P x |S_b| similarities, not P x P
-        unit = (unit_vectors(features) if unit is None else unit).flatten(2)
-        background, valid, index = gather_cells(feats, bg_sel)  # [B, C, N]
-        unit_background = unit.gather(2, index.unsqueeze(1).expand_as(background))
-        attention = _attention_over_selected(unit, unit_background, valid, asbp_scale)  # [B, P, N]
-        asbp = torch.einsum("bxn,bcn->bcx", attention.to(feats.dtype), background).view(b, c, h, w)
-    return SelfSupport(probs, fg_sel.view(b, h, w), bg_sel.view(b, h, w), selected_mean(feats, fg_sel),
-                       selected_mean(feats, bg_sel), asbp)
+    probs = logits.float().softmax(dim=1)  # float32 for the thresholds, also under mixed precision
+    p_b, p_f = probs.flatten(2).unbind(1)  # [B, P] each
+    s_f = confident_pixels(p_f, fg_threshold, fallback_topk)
+    s_b = confident_pixels(p_b, bg_threshold, fallback_topk)
+    ssfp = selected_mean(features.flatten(2), s_f)
+    ssbp = selected_mean(features.flatten(2), s_b)
+    asbp = adaptive_background_prototype(features, s_b, asbp_scale) if adaptive else None
+    return SelfSupport(probs, s_f.view(b, h, w), s_b.view(b, h, w), ssfp, ssbp, asbp)
 
 
-def weighted_sum(*terms: tuple[float, Tensor]) -> Tensor:
-    """``sum_i w_i P_i`` of prototypes ``[B, C]`` and/or ``[B, C, h, w]`` (broadcast to the latter).
+def self_support_prototypes(config: SSPConfig, fp: Tensor, bp: Tensor, ss: SelfSupport) -> tuple[Tensor, Tensor]:
+    """One round's mix ``(0.5 FP + 0.5 SSFP, 0.3 SSBP + 0.7 ASBP)``, with the switches applied.
 
-    The vectors are summed first and each map is added with its weight in one pass
-    (``torch.add(..., alpha=w)``): at 60 x 60 x 1024 a pass over a map costs more than every
-    other part of the mix.
+    Returns:
+        ``(FP_1, BP_1)``: ``[B, C]``, and ``[B, C]`` or ``[B, C, h, w]`` (with ASBP).
     """
-    vectors = [(wt, p) for wt, p in terms if p.dim() == 2]
-    maps = [(wt, p) for wt, p in terms if p.dim() == 4]
-    total = sum(wt * p for wt, p in vectors) if vectors else None
-    if not maps:
-        return total
-    if total is None:
-        (first_weight, first), maps = maps[0], maps[1:]
-        total = first_weight * first
+    w_ssfp, w_asbp = config.ssfp_weight, config.asbp_weight
+    fg = (1 - w_ssfp) * fp + w_ssfp * ss.ssfp if config.use_ssfp else fp
+    if config.use_ssbp and config.use_asbp:
+        bg = (1 - w_asbp) * ss.ssbp[..., None, None] + w_asbp * ss.asbp
+    elif config.use_ssbp:
+        bg = ss.ssbp
+    elif config.use_asbp:
+        bg = ss.asbp
     else:
-        total = total[..., None, None]
-    for wt, p in maps:
-        total = torch.add(total, p, alpha=wt)
-    return total
+        bg = bp
+    return fg, bg
 
 
 def self_matching_logits(features: Tensor, mask: Tensor, scale: float = 10.0, eps: float = 1e-5) -> Tensor:
@@ -410,27 +404,12 @@ class SSP(FewShotSegmenter):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.requires_grad_(False)
 
-    # ------------------------------------------------------------------ prototypes
-    def _self_support_prototypes(self, fp: Tensor, bp: Tensor, ss: SelfSupport) -> tuple[Tensor, Tensor]:
-        """The round's mix: ``(0.5 FP + 0.5 SSFP, 0.3 SSBP + 0.7 ASBP)`` with the switches applied."""
-        cfg = self.config
-        fg = weighted_sum((1 - cfg.ssfp_weight, fp), (cfg.ssfp_weight, ss.ssfp)) if cfg.use_ssfp else fp
-        if cfg.use_ssbp and cfg.use_asbp:
-            bg = weighted_sum((1 - cfg.asbp_weight, ss.ssbp), (cfg.asbp_weight, ss.asbp))
-        elif cfg.use_ssbp:
-            bg = ss.ssbp
-        elif cfg.use_asbp:
-            bg = ss.asbp
-        else:
-            bg = bp
-        return fg, bg
-
-    def _self_support(self, features: Tensor, logits: Tensor, unit: Tensor) -> SelfSupport:
+    # ------------------------------------------------------------------ head
+    def _self_support(self, features: Tensor, logits: Tensor) -> SelfSupport:
         cfg = self.config
         return self_support(features, logits, cfg.fg_threshold, cfg.bg_threshold, cfg.fallback_topk,
-                            cfg.asbp_scale, adaptive=cfg.use_asbp, unit=unit)
+                            cfg.asbp_scale, adaptive=cfg.use_asbp)
 
-    # ------------------------------------------------------------------ head
     def head(self, query_feats, support_feats, support_masks, way, out_size):
         if way != 1:
             raise ValueError(f"SSP's self-support module is defined for 1-way episodes (one foreground "
@@ -438,14 +417,15 @@ class SSP(FewShotSegmenter):
         cfg = self.config
         stage = cfg.feature_stage
         fq, fs = query_feats[stage], support_feats[stage]
+        if cfg.fast_paths:
+            return fast.ssp_head(self, fq, fs, support_masks, out_size)
 
         def up(logits: Tensor) -> Tensor:
             return resize_to(logits, out_size, "bilinear", align_corners=True)
 
         fg_shots, bg_shots = support_prototypes(fs, support_masks, cfg.eps)
         fp, bp = fg_shots.mean(dim=1), bg_shots.mean(dim=1)
-        unit = unit_vectors(fq)  # every match and ASBP similarity compares the same query vectors
-        out0 = match(fq, fp, bp, cfg.scale, unit)
+        out0 = match(fq, fp, bp, cfg.scale)
         output = {
             "logits_plain": up(out0),
             "probs_plain": out0.float().softmax(dim=1),
@@ -454,12 +434,15 @@ class SSP(FewShotSegmenter):
             "query_features": fq,
             "support_features": fs,
         }
-        if not (cfg.use_ssfp or cfg.use_ssbp or cfg.use_asbp):
+        self_supported = cfg.use_ssfp or cfg.use_ssbp or cfg.use_asbp
+
+        # round 1: FP_1 = 0.5 FP + 0.5 SSFP, BP_1 = 0.3 SSBP + 0.7 ASBP
+        if not self_supported:
             fp1, bp1, out1 = fp, bp, out0
         else:
-            ss1 = self._self_support(fq, out0, unit)
-            fp1, bp1 = self._self_support_prototypes(fp, bp, ss1)
-            out1 = match(fq, fp1, bp1, cfg.scale, unit)
+            ss1 = self._self_support(fq, out0)
+            fp1, bp1 = self_support_prototypes(cfg, fp, bp, ss1)
+            out1 = match(fq, fp1, bp1, cfg.scale)
             output.update(fg_selected=ss1.fg_selected, bg_selected=ss1.bg_selected, ssfp=ss1.ssfp, ssbp=ss1.ssbp,
                           fg_proto_1=fp1, bg_proto_1=bp1)
             if ss1.asbp is not None:
@@ -469,17 +452,19 @@ class SSP(FewShotSegmenter):
             output["logits"] = output["logits_out1"]
             return output
 
-        if not (cfg.use_ssfp or cfg.use_ssbp or cfg.use_asbp):
+        # round 2: FP_2 = 0.5 FP + 0.2 FP_1 + 0.3 (round-2 mix), the same for BP_2
+        if not self_supported:
             fp2, bp2 = fp, bp
         else:
-            ss2 = self._self_support(fq, out1, unit)
-            fp2_ss, bp2_ss = self._self_support_prototypes(fp, bp, ss2)
+            ss2 = self._self_support(fq, out1)
+            fp2_ss, bp2_ss = self_support_prototypes(cfg, fp, bp, ss2)
             w_support, w_round1, w_round2 = REFINE_PROTOTYPE_WEIGHTS
-            fp2 = weighted_sum((w_support, fp), (w_round1, fp1), (w_round2, fp2_ss))
-            bp2 = weighted_sum((w_support, bp), (w_round1, bp1), (w_round2, bp2_ss))
+            bp_support = bp[..., None, None] if bp1.dim() == 4 else bp  # BP_1 is a map with ASBP: BP at every pixel
+            fp2 = w_support * fp + w_round1 * fp1 + w_round2 * fp2_ss
+            bp2 = w_support * bp_support + w_round1 * bp1 + w_round2 * bp2_ss
             output.update(probs_out1=ss2.probs, fg_selected_2=ss2.fg_selected, bg_selected_2=ss2.bg_selected,
                           fg_proto_2=fp2, bg_proto_2=bp2)
-        out2 = REFINE_OUTPUT_WEIGHT * match(fq, fp2, bp2, cfg.scale, unit) + (1 - REFINE_OUTPUT_WEIGHT) * out1
+        out2 = REFINE_OUTPUT_WEIGHT * match(fq, fp2, bp2, cfg.scale) + (1 - REFINE_OUTPUT_WEIGHT) * out1
         output["logits"] = up(out2)
         return output
 
@@ -492,6 +477,7 @@ class SSP(FewShotSegmenter):
         """
         cfg = self.config
         query_mask = batch["query_mask"]
+        self_matching = fast.ssp_self_matching_logits if cfg.fast_paths else self_matching_logits
 
         def ce(logits: Tensor, target: Tensor) -> Tensor:
             return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
@@ -503,12 +489,12 @@ class SSP(FewShotSegmenter):
             total = total + term
             parts["out1_ce"] = term.item()
         if cfg.ssl_query:
-            term = ce(self_matching_logits(output["query_features"], query_mask, cfg.scale, cfg.eps), query_mask)
+            term = ce(self_matching(output["query_features"], query_mask, cfg.scale, cfg.eps), query_mask)
             total = total + cfg.ssl_query_weight * term
             parts["ssl_query_ce"] = term.item()
         if cfg.ssl_support:
             masks = batch["support_masks"].flatten(0, 1)
-            logits = self_matching_logits(output["support_features"].flatten(0, 1), masks, cfg.scale, cfg.eps)
+            logits = self_matching(output["support_features"].flatten(0, 1), masks, cfg.scale, cfg.eps)
             term = ce(logits, excluded_as_ignore(masks))  # excluded pixels (254) are ignored like void
             total = total + cfg.ssl_support_weight * term
             parts["ssl_support_ce"] = term.item()
@@ -536,7 +522,8 @@ class SSP(FewShotSegmenter):
         features, selection = output["query_features"], output[key]
         h, w = features.shape[-2:]
         index = torch.tensor([r * w + c for r, c in pixels], device=features.device)
-        attention = adaptive_background_attention(features, selection, self.config.asbp_scale, index)
+        attention_of = fast.ssp_background_attention if self.config.fast_paths else adaptive_background_attention
+        attention = attention_of(features, selection, self.config.asbp_scale, index)
         return attention.unflatten(-1, (h, w))
 
 
