@@ -3,7 +3,7 @@ import pytest
 import torch
 from batches import episode_batch  # tests/batches.py
 
-from fsslib.models import build_model
+from fsslib.models import build_model, fast
 from fsslib.models.backbones import build_backbone
 from fsslib.models.ops import mask_to_feature_size
 from fsslib.models.pfenet import masked_high_level
@@ -34,8 +34,8 @@ def test_receptive_radius_of_layer4():
     # three 3x3 convs with dilation 2; the small CNN: two 3x3 convs with dilation 2.
     expected = {"resnet50": 10, "vgg16": 7, "smallcnn": 4}
     for name, radius in expected.items():
-        assert build_backbone(name, weights=None).receptive_radius("layer4") == radius
-    assert build_backbone("resnet50", weights=None).receptive_radius("layer2") is None  # stride 2
+        assert fast.receptive_radius(build_backbone(name, weights=None), "layer4") == radius
+    assert fast.receptive_radius(build_backbone("resnet50", weights=None), "layer2") is None  # stride 2
 
 
 @pytest.mark.parametrize("name, size", [("smallcnn", 20), ("vgg16", 16), ("resnet50", 16)])
@@ -49,7 +49,7 @@ def test_stage_in_box_equals_the_full_stage_on_the_box(name, size):
         for box in [((5, 9), (6, 12)), ((0, 4), (3, 10)), ((10, size), (0, size)), ((7, 8), (7, 8)),
                     ((0, size), (0, size))]:
             (top, bottom), (left, right) = box
-            torch.testing.assert_close(backbone.run_stage_in_box("layer4", x, box),
+            torch.testing.assert_close(fast.run_stage_in_box(backbone, "layer4", x, box),
                                        full[..., top:bottom, left:right])
 
 
@@ -60,10 +60,10 @@ def test_stage_in_box_runs_each_block_on_what_the_later_blocks_need():
     for block in backbone.stage_blocks("layer4"):
         block.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
     with torch.no_grad():
-        out = backbone.run_stage_in_box("layer4", torch.randn(1, 1024, 40, 40), ((18, 22), (17, 23)))
+        out = fast.run_stage_in_box(backbone, "layer4", torch.randn(1, 1024, 40, 40), ((18, 22), (17, 23)))
     assert sizes == [(24, 26), (20, 22), (12, 14)] and out.shape[-2:] == (4, 6)
-    assert build_backbone("resnet50", weights=None).run_stage_in_box("layer2", torch.randn(1, 256, 8, 8),
-                                                                     ((0, 2), (0, 2))) is None  # strided
+    assert fast.run_stage_in_box(build_backbone("resnet50", weights=None), "layer2", torch.randn(1, 256, 8, 8),
+                                 ((0, 2), (0, 2))) is None  # strided
 
 
 def test_crop_is_exact_where_the_mask_is_non_zero():
@@ -72,13 +72,13 @@ def test_crop_is_exact_where_the_mask_is_non_zero():
     batch = _corner_batch()
     foreground = (batch["support_masks"] == 1).float().flatten(0, 1)
     layer3 = torch.randn(4, backbone.out_channels["layer3"], 20, 20)
-    full = masked_high_level(backbone, layer3, foreground, crop_to_object=False)
-    cropped = masked_high_level(backbone, layer3, foreground)
+    full = masked_high_level(backbone, layer3, foreground)
+    cropped = fast.masked_high_level(backbone, layer3, foreground)
     weights = mask_to_feature_size(foreground, (20, 20)).unsqueeze(1)
     assert (weights > 0).any() and (weights == 0).any()
     torch.testing.assert_close(cropped * weights, full * weights)
     assert (cropped[..., 15:, 15:] == 0).all()  # far from every object: not computed
-    empty = masked_high_level(backbone, layer3, torch.zeros_like(foreground))
+    empty = fast.masked_high_level(backbone, layer3, torch.zeros_like(foreground))
     assert empty.shape == full.shape and (empty == 0).all()
 
 
@@ -97,7 +97,7 @@ def test_priors_and_predictions_equal_the_uncropped_computation(method, options,
     with torch.no_grad():
         cropped = model(batch)
     handle.remove()
-    monkeypatch.setattr(model.backbone, "receptive_radius", lambda name: None)  # forces the whole map
+    monkeypatch.setattr(fast, "receptive_radius", lambda backbone, name: None)  # forces the whole map
     with torch.no_grad():
         full = model(batch)
     torch.testing.assert_close(cropped["logits"], full["logits"])

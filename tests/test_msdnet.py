@@ -12,11 +12,11 @@ from fsslib.models.msdnet import (
     REAL_DATA_RECIPE,
     MSDNetConfig,
     SpatialTransformerDecoder,
-    context_mask,
     dice_loss,
     sine_position_encoding,
     two_channel_logits,
 )
+from fsslib.models.pfenet import training_free_prior
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
@@ -105,7 +105,7 @@ def test_cmgm_matches_a_direct_computation():
     g = torch.Generator().manual_seed(1)
     query, support = torch.randn(2, 6, 4, 5, generator=g), torch.randn(2, 3, 6, 4, 5, generator=g)
     fg = (torch.rand(2, 3, 16, 20, generator=g) > 0.5).long()
-    got = context_mask(query, support.flatten(0, 1), fg.flatten(0, 1).float(), (2, 3), (7, 9))
+    got = training_free_prior(query, support.flatten(0, 1), fg.flatten(0, 1).float(), (2, 3), (7, 9))
     torch.testing.assert_close(got.double(), _cmgm_loop(query, support, fg, (7, 9)), atol=1e-6, rtol=1e-5)
 
 

@@ -49,7 +49,7 @@ def _prior_loop(query, support, weights, reduction, eps):
 
 @pytest.fixture(params=["a shot covered by its object", "every object smaller than its map"])
 def tensors(request):
-    """Masked supports. The priors skip masked-out cells when every shot has some (second case)."""
+    """Masked supports; in the second case every shot has masked-out cells (which the fast twins skip)."""
     torch.manual_seed(0)
     query = torch.randn(2, 5, 3, 4)
     support = torch.randn(2, 2, 5, 4, 3)
@@ -94,15 +94,6 @@ def test_max_prior_matches_the_loop(tensors):
     assert prior.shape == (2, 2, 3, 4)
     torch.testing.assert_close(prior.double(), _prior_loop(query, support, weights, "max", PRIOR_EPS),
                                atol=1e-5, rtol=1e-5)
-
-
-def test_max_prior_with_the_object_cells_given_equals_the_prior_that_finds_them(tensors):
-    query, support, weights = tensors
-    found = max_cosine_prior(query, support)
-    assert torch.equal(max_cosine_prior(query, support, object_cells=weights > 0), found)
-    # cells given as object cells that hold zero vectors change nothing either: their cosine is 0
-    assert torch.equal(max_cosine_prior(query, support, object_cells=torch.ones_like(weights, dtype=torch.bool)),
-                       found)
 
 
 def test_mean_prior_matches_the_loop(tensors):

@@ -94,54 +94,10 @@ class Backbone(nn.Module):
             x = module(x)
         return x
 
-    def receptive_radius(self, name: str) -> int | None:
-        """How far, in cells, stage ``name`` looks around an output cell; None if it resamples.
-
-        The sum over the stage's convolutions and poolings of ``dilation * (kernel - 1) // 2``: an
-        upper bound on the radius along any path through it (a residual block's shortcut adds
-        nothing). None when one of them has a stride or a padding that changes the size, so the
-        output grid is not the input grid. Used to run ``layer4`` on a crop around the support
-        object (:func:`fsslib.models.pfenet.masked_high_level`).
-        """
-        radii = [_receptive_radius(block) for block in self.stage_blocks(name)]
-        return None if None in radii else sum(radii)
-
-    def run_stage_in_box(self, name: str, x: Tensor, box: Sequence[tuple[int, int]]) -> Tensor | None:
-        """``run_stage(name, x)`` on the cells of ``box`` only: ``[N, C_out, bottom - top, right - left]``.
-
-        ``box`` is ``((top, bottom), (left, right))`` on ``x``'s grid, end-exclusive. Each block of
-        the stage (a residual block, or a convolution) runs on the box grown by the receptive
-        radius of the blocks after it, and its output is cut down to what the next block needs;
-        on the box the result equals the full computation's (zero padding included: a crop that
-        reaches the grid's border keeps it). For a dilated ResNet-50 ``layer4`` (radii 2, 4, 4)
-        the three blocks run on the box grown by 10, 8 and 4 cells instead of 10, 10 and 10.
-        None when the stage resamples (see :meth:`receptive_radius`).
-        """
-        blocks = self.stage_blocks(name)
-        radii = [_receptive_radius(block) for block in blocks]
-        if None in radii:
-            return None
-        size = x.shape[-2:]
-
-        def grown(reach: int) -> list[tuple[int, int]]:
-            return [(max(lo - reach, 0), min(hi + reach, cells)) for (lo, hi), cells in zip(box, size)]
-
-        remaining = sum(radii)
-        region = grown(remaining)
-        (top, bottom), (left, right) = region
-        x = x[..., top:bottom, left:right]
-        for block, radius in zip(blocks, radii):
-            remaining -= radius
-            inner = grown(remaining)
-            x = block(x)
-            (top, bottom), (left, right) = ((lo - outer_lo, hi - outer_lo)
-                                            for (lo, hi), (outer_lo, _) in zip(inner, region))
-            x, region = x[..., top:bottom, left:right], inner
-        return x
-
     def stage_blocks(self, name: str) -> list[nn.Module]:
         """The stage's modules with ``nn.Sequential`` containers opened one level: residual
-        blocks for a ResNet stage, layers for VGG, conv-BN-ReLU units for the small CNN."""
+        blocks for a ResNet stage, layers for VGG, conv-BN-ReLU units for the small CNN (the units
+        :func:`fsslib.models.fast.run_stage_in_box` crops one at a time)."""
         blocks = []
         for module in self.stage_modules(name):
             blocks.extend(module.children() if isinstance(module, nn.Sequential) else [module])
@@ -321,23 +277,6 @@ class Backbone(nn.Module):
     def _check_stage(self, name: str) -> None:
         if name not in self._layout:
             raise ValueError(f"unknown stage '{name}'; stages are {list(self.stage_names)}")
-
-
-def _receptive_radius(module: nn.Module) -> int | None:
-    """Sum of ``dilation * (kernel - 1) // 2`` over the module's convolutions and poolings; None if
-    one of them strides or pads differently from that reach (the output grid is not the input's)."""
-    radius = 0
-    for layer in module.modules():
-        if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            continue
-        kernel, stride, padding = (nn.modules.utils._pair(getattr(layer, attr))
-                                   for attr in ("kernel_size", "stride", "padding"))
-        dilation = nn.modules.utils._pair(getattr(layer, "dilation", 1))
-        reach = [d * (k - 1) // 2 for k, d in zip(kernel, dilation)]
-        if stride != (1, 1) or list(padding) != reach:
-            return None
-        radius += max(reach)
-    return radius
 
 
 def _unwrap_state_dict(checkpoint: object, source: str) -> Mapping[str, Tensor]:

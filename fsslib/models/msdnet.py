@@ -34,7 +34,9 @@ Context mask generation module (CMGM)
     norms and in the min-max), except that the support's layer4 features are those of the
     *unmasked* image, masked only afterwards (PFENet runs layer4 on the masked layer3). They are
     therefore the cached ``layer4`` features, and CMGM costs no extra backbone pass. Each shot's
-    map is resized bilinearly (aligned corners) to ``h x w`` before the mean. No gradient.
+    map is resized bilinearly (aligned corners) to ``h x w`` before the mean. No gradient. This is
+    :func:`fsslib.models.pfenet.training_free_prior` applied to the support's own layer4
+    (``fast_paths=True``, the default, runs its twin in :mod:`fsslib.models.fast`).
 
 Spatial transformer decoder (STD): one DETR decoder layer, post-norm, on a single token
     Query token :math:`t_0 = p`, its learned positional embedding :math:`e \in \mathbb{R}^W`;
@@ -79,8 +81,9 @@ Multi-scale fusion (PFENet's enrichment with BatchNorm, no per-scale classifiers
             U_i = \operatorname{bilinear}_{h \times w}(F_i) \\
         G &= W_{1\times1} [U_1; \dots; U_n] &&(nW \to W,\ \text{a bare conv: no BN, no ReLU, no bias})
 
-    CBR = conv (no bias) + BatchNorm + ReLU. Bins as :func:`fsslib.models.pfenet.pyramid_bins`
-    (``None``: 60, 30, 15, 8 at 473x473 input, the authors' bins; 16, 8, 4, 2 for the small CNN).
+    CBR = conv (no bias) + BatchNorm + ReLU; the scales are :func:`fsslib.models.pfenet.enrich`'s.
+    Bins as :func:`fsslib.models.pfenet.pyramid_bins` (``None``: 60, 30, 15, 8 at 473x473 input,
+    the authors' bins; 16, 8, 4, 2 for the small CNN).
 
 Multi-scale decoder: stride 8 -> 4 -> 2, support features fused by residual connections
     Support features for the decoder, per shot, then reduced over the shots (``decoder_shots``):
@@ -142,7 +145,7 @@ Choices where the sources were silent or ambiguous
        :math:`E` over the shots instead. For K = 1 both agree.
     2. The stride-4/2 support features :math:`E` are, in the authors' code, the *prototype*
        multiplied by the support mask (their ``Weighted`` is applied to the pooled prototype),
-       although the paper and the seed article speak of the support's mid-level features.
+       although the paper's text speaks of the support's mid-level features.
        ``decoder_support="prototype"`` (default) follows the code, ``"features"`` uses
        :math:`X_{s,k}^{mid} \odot m_k` as the text describes.
     3. Where layer4 is smaller than layer3 (VGG), :math:`D` and the CMGM map are resized
@@ -171,25 +174,28 @@ Shapes as in :mod:`fsslib.models.base`. Output: ``"logits"`` ``[B, 2, H, W]``, `
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..reference import published
+from . import fast
 from .base import FewShotSegmenter, ModelConfig
 from .ops import IGNORE_INDEX, foreground_mask, mask_to_feature_size, masked_average_pooling, resize_to
 from .pfenet import (
     NUM_SCALES,
     PRIOR_HEAD_BACKBONE,
     PRIOR_HEAD_TRAINING,
+    conv_relu,
+    enrich,
+    enrichment_layers,
     mid_level_features,
-    no_autocast,
+    projection,
     pyramid_bins,
+    training_free_prior,
 )
-from .priors import PRIOR_EPS, max_cosine_prior
+from .priors import PRIOR_EPS
 from .record import BenchSettings, MethodRecord
 
 __all__ = [
@@ -197,7 +203,6 @@ __all__ = [
     "MSDNetConfig",
     "REAL_DATA_RECIPE",
     "SpatialTransformerDecoder",
-    "context_mask",
     "dice_loss",
     "kernel_response",
     "sine_position_encoding",
@@ -267,17 +272,6 @@ class MSDNetConfig(ModelConfig):
 
 
 # ---------------------------------------------------------------------- building blocks
-def conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
-    """Convolution without bias (padding keeps the size), BatchNorm, ReLU."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True))
-
-
-def projection_bn(c_in: int, width: int, dropout: float) -> nn.Sequential:
-    """1x1 conv (no bias), BatchNorm, ReLU, Dropout2d: the authors' ``adjust_feature_*``."""
-    return nn.Sequential(*conv_bn_relu(c_in, width, 1), nn.Dropout2d(dropout))
-
-
 def upsample_x2(width: int) -> nn.Sequential:
     """ConvTranspose 3x3, stride 2, padding 1, output padding 1 (``h -> 2h`` exactly), BatchNorm, ReLU."""
     return nn.Sequential(nn.ConvTranspose2d(width, width, 3, stride=2, padding=1, output_padding=1, bias=False),
@@ -313,25 +307,6 @@ def sine_position_encoding(height: int, width: int, channels: int, device=None,
     pe_rows = encode(rows)[:, :, None].expand(n, height, width)
     pe_cols = encode(cols)[:, None, :].expand(n, height, width)
     return torch.cat([pe_rows, pe_cols]).to(dtype)
-
-
-def context_mask(query_layer4: Tensor, support_layer4: Tensor, foreground: Tensor, shots: tuple[int, int],
-                 size: Sequence[int], eps: float = PRIOR_EPS) -> Tensor:
-    """CMGM: shot-averaged max-cosine map ``[B, 1, *size]`` from *unmasked-then-masked* support layer4.
-
-    Args:
-        query_layer4: ``[B, C4, h4, w4]``.
-        support_layer4: ``[B*K, C4, h4', w4']``, layer4 of the support images themselves.
-        foreground: binary support masks ``[B*K, H, W]``.
-        shots: ``(B, K)``.
-        size: the mid-level feature size each shot's map is resized to before the mean.
-    """
-    with torch.no_grad(), no_autocast(support_layer4.device):
-        weights = mask_to_feature_size(foreground, support_layer4.shape[-2:]).to(torch.float32)
-        support = (support_layer4.float() * weights.unsqueeze(1)).unflatten(0, shots)
-        per_shot = max_cosine_prior(query_layer4.float(), support, eps,
-                                    object_cells=(weights > 0).unflatten(0, shots))  # [B, K, h4, w4]
-        return resize_to(per_shot, size, "bilinear", align_corners=True).mean(dim=1, keepdim=True)
 
 
 def kernel_response(features: Tensor, token: Tensor) -> Tensor:
@@ -418,40 +393,26 @@ class MSDNet(FewShotSegmenter):
         channels, width = self.backbone.out_channels, config.width
         mid = channels["layer2"] + channels["layer3"]
         scales = NUM_SCALES if config.bins is None else len(config.bins)
-        self.project_query = projection_bn(mid, width, config.projection_dropout)
-        self.project_support = projection_bn(mid, width, config.projection_dropout)
-        self.project_support_high = projection_bn(channels["layer4"], width, config.projection_dropout)
+        self.project_query = projection(mid, width, config.projection_dropout, batch_norm=True)
+        self.project_support = projection(mid, width, config.projection_dropout, batch_norm=True)
+        self.project_support_high = projection(channels["layer4"], width, config.projection_dropout, batch_norm=True)
         self.std = SpatialTransformerDecoder(width, config.heads, config.feedforward, config.transformer_dropout)
-        # multi-scale fusion (PFENet's init_merge / alpha_conv / beta_conv / res1)
-        self.merge = nn.ModuleList(conv_bn_relu(2 * width + 1, width, 1) for _ in range(scales))
-        self.alpha = nn.ModuleList(conv_bn_relu(2 * width, width, 1) for _ in range(scales - 1))
-        self.beta = nn.ModuleList(nn.Sequential(*conv_bn_relu(width, width, 3), *conv_bn_relu(width, width, 3))
-                                  for _ in range(scales))
+        # multi-scale fusion: PFENet's enrichment with BatchNorm (their init_merge / alpha_conv / beta_conv / res1)
+        self.merge, self.alpha, self.beta = enrichment_layers(width, scales, batch_norm=True)
         self.res1 = nn.Conv2d(scales * width, width, 1, bias=False)
         # decoder: two fusion blocks at stride 8, three at stride 4 and at stride 2
-        self.stride8 = nn.ModuleList(conv_bn_relu(2 * width, width, 3) for _ in range(2))
+        self.stride8 = nn.ModuleList(conv_relu(2 * width, width, 3, batch_norm=True) for _ in range(2))
         self.up_query = nn.ModuleList(upsample_x2(width) for _ in range(2))
         self.up_support = nn.ModuleList(upsample_x2(width) for _ in range(2))
-        self.upsampled = nn.ModuleList(nn.ModuleList(conv_bn_relu(2 * width, width, 3) for _ in range(3))
-                                       for _ in range(2))  # strides 4 and 2
+        self.upsampled = nn.ModuleList(nn.ModuleList(conv_relu(2 * width, width, 3, batch_norm=True)
+                                                     for _ in range(3)) for _ in range(2))  # strides 4 and 2
 
     # ------------------------------------------------------------------ pieces
     def fuse(self, query: Tensor, prototype: Tensor, context: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Multi-scale fusion: ``[B, W, h, w]``, ``[B, W]``, ``[B, 1, h, w]`` -> G ``[B, W, h, w]`` and the
         per-scale features :math:`F_i` ``[B, W, b_i, b_i]``."""
-        size = query.shape[-2:]
-        upsampled, per_scale = [], []
-        for i, bin_size in enumerate(pyramid_bins(size, self.config.bins)):
-            query_bin = F.adaptive_avg_pool2d(query, bin_size)
-            prototype_bin = prototype[:, :, None, None].expand(-1, -1, *bin_size)
-            context_bin = resize_to(context, bin_size, "bilinear", align_corners=True)
-            x = self.merge[i](torch.cat([query_bin, prototype_bin, context_bin], dim=1))
-            if i > 0:
-                previous = resize_to(upsampled[-1], bin_size, "bilinear", align_corners=True)
-                x = x + self.alpha[i - 1](torch.cat([x, previous], dim=1))
-            x = x + self.beta[i](x)
-            per_scale.append(x)
-            upsampled.append(resize_to(x, size, "bilinear", align_corners=True))
+        bins = pyramid_bins(query.shape[-2:], self.config.bins)
+        per_scale, upsampled, _ = enrich(query, prototype, context, bins, self.merge, self.alpha, self.beta)
         return self.res1(torch.cat(upsampled, dim=1)), per_scale
 
     def decode(self, merged: Tensor, support_high: Tensor, support_stage: Tensor) -> list[Tensor]:
@@ -491,7 +452,8 @@ class MSDNet(FewShotSegmenter):
 
         token, attention = self.std(prototype, query, cfg.token_self_attention)
         support_layer4 = support_feats["layer4"].flatten(0, 1)
-        context = context_mask(query_feats["layer4"], support_layer4, foreground, shots, size, cfg.prior_eps)
+        prior = fast.training_free_prior if cfg.fast_paths else training_free_prior  # the same C, faster
+        context = prior(query_feats["layer4"], support_layer4, foreground, shots, size, cfg.prior_eps)  # CMGM
         merged, per_scale = self.fuse(query, prototype, context.to(query.dtype))
 
         high = resize_to(self.project_support_high(support_layer4), size, "bilinear", align_corners=True)

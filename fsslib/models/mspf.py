@@ -1,12 +1,14 @@
 r"""MSPF: multi-scale prior masks and weighted adaptive multi-scale feature fusion.
 
-The paper: "Few-shot semantic segmentation based on multi-scale prior information fusion" (in
-Chinese, English abstract). It builds on PFENet
-(:mod:`fsslib.models.pfenet`): a frozen ImageNet ResNet-50, a prototype from masked average pooling
-of mid-level support features, a training-free prior from high-level features, and a multi-scale
-fusion module followed by a convolutional classifier. Its equations did not survive text
-extraction; they are reconstructed below from the prose, the figure captions and PFENet, and
-every choice this required is listed at the end.
+"基于多尺度先验信息融合的小样本语义分割" ("Few-shot semantic segmentation based on multi-scale
+prior information fusion"), a journal article in Chinese with an English abstract. It builds on
+PFENet (:mod:`fsslib.models.pfenet`, whose shared blocks and base class
+:class:`~fsslib.models.pfenet.PriorGuidedSegmenter` this module imports): a frozen ImageNet
+ResNet-50, a prototype from masked average pooling of mid-level support features, a
+training-free prior from high-level features, and a multi-scale fusion module followed by a
+convolutional classifier. Several of its equations are illegible in the published text; they are
+reconstructed below from the prose, the figure captions and PFENet, and every choice this
+required is listed at the end.
 
 Notation: :math:`i = 1..n` (n = 4) scales with sizes :math:`b_i` (the bins of
 :func:`fsslib.models.pfenet.pyramid_bins`: ``ceil(h / 2**(i-1))`` per side, e.g. 60, 30, 15, 8 at
@@ -27,7 +29,10 @@ Multi-scale prior masks (section 3.2, equations 1-6; :func:`fsslib.models.priors
         X_q^{i+1} &= \operatorname{AvgPool}_{b_{i+1}}(X_q^{i} \odot Y^{i}) &&\text{(eq. 5)} \\
         X_s^{i+1} &= \operatorname{bilinear}_{b_{i+1}}(X_s^{i}) \odot m^{i+1} &&\text{(eq. 6)}
 
-    with :math:`X_q^1` = query layer4, :math:`X_s^1 = X_s^h \odot m^1`. K shots: at every scale
+    with :math:`X_q^1` = query layer4, :math:`X_s^1 = X_s^h \odot m^1`; the priors module computes
+    every similarity on whole maps, and ``fast_paths=True`` (the default) runs the twins of
+    :mod:`fsslib.models.fast` (layer4 and the similarities on the object's cells), which give
+    the same priors. K shots: at every scale
     the mean of the per-shot normalised priors (which then filters the query in eq. 5).
     ``multi_scale_prior=False`` (the paper's single-scale baseline): :math:`Y^1` only, resized
     bilinearly (aligned corners) to every :math:`b_i` ("downsampled into the fusion").
@@ -127,26 +132,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FewShotSegmenter, ModelConfig
+from . import fast
+from .base import ModelConfig
 from .ops import foreground_mask, resize_to
 from .pfenet import (
-    NUM_SCALES,
     PRIOR_HEAD_BACKBONE,
     PRIOR_HEAD_TRAINING,
     PRIOR_SHORTCUT,
     SHORT_RECIPE_LR,
+    PriorGuidedSegmenter,
     PriorShortcut,
-    auxiliary_ce,
     classifier,
     conv_relu,
     double_conv,
     masked_high_level,
-    mid_level_features,
     no_autocast,
-    projection,
     published_result,
     pyramid_bins,
-    segmentation_ce,
     support_prototype,
 )
 from .priors import PRIOR_EPS, multi_scale_mean_cosine_priors
@@ -258,18 +260,13 @@ class ASPP(nn.Module):
         return self.project(torch.cat([pooled, *(b(x) for b in self.branches)], dim=1))
 
 
-class MSPF(FewShotSegmenter):
+class MSPF(PriorGuidedSegmenter):
     config_class = MSPFConfig
-    feature_stages = ("layer2", "layer3", "layer4")
-    support_stages = ("layer2", "layer3")  # support layer4 is computed on the masked layer3
+    layer2_first = True
 
     def __init__(self, config: MSPFConfig):
-        super().__init__(config)
-        channels, width = self.backbone.out_channels, config.width
-        mid = channels["layer2"] + channels["layer3"]
-        scales = NUM_SCALES if config.bins is None else len(config.bins)
-        self.project_query = projection(mid, width, config.projection_dropout)
-        self.project_support = projection(mid, width, config.projection_dropout)
+        super().__init__(config)  # backbone, project_query, project_support
+        width, scales = config.width, self.num_scales
         # Every path is built, so any switch can be flipped on a built (or trained) model;
         # learnable_parameters() counts the modules the current configuration runs.
         self.merge = nn.ModuleList(conv_relu(2 * width + 1, width, 1) for _ in range(scales))  # eq. 8
@@ -294,24 +291,17 @@ class MSPF(FewShotSegmenter):
             foreground: binary support masks ``[B*K, H, W]``; shots: ``(B, K)``.
         """
         cfg = self.config
-        # Area resizing to a coarser first scale averages support cells far from the object.
-        same_grid = tuple(sizes[0]) == tuple(support_layer3.shape[-2:])
-        reads_only_object = cfg.support_resize == "bilinear" or same_grid
-        # Every scale reads the support where the first scale's mask m^1 is non-zero: on layer4's
-        # own grid with bilinear masks, inside the box of the bilinear mask (margin 0); a
-        # bilinear resize to another grid reads a cell's neighbours, and an area mask reaches one
-        # cell further than a bilinear one: 2 cells cover both.
-        margin = 0 if same_grid and cfg.support_resize == "bilinear" else 2
-        high = masked_high_level(self.backbone, support_layer3, foreground, crop_to_object=reads_only_object,
-                                 margin=margin)
+        if cfg.fast_paths:  # the same priors: layer4 and the similarities on the objects' cells only
+            high = fast.mspf_masked_high_level(self.backbone, support_layer3, foreground, sizes, cfg.support_resize)
+            cascade = fast.multi_scale_mean_cosine_priors
+        else:
+            high, cascade = masked_high_level(self.backbone, support_layer3, foreground), multi_scale_mean_cosine_priors
         with torch.no_grad(), no_autocast(high.device):
-            query, support = query_layer4.float(), high.float().unflatten(0, shots)
+            query, support = query_layer4.float(), high.float().unflatten(0, shots)  # X_q^h, X_s^h
             masks = foreground.unflatten(0, shots)
             if cfg.multi_scale_prior:
-                return multi_scale_mean_cosine_priors(query, support, masks, sizes, cfg.prior_connection,
-                                                      cfg.prior_eps, cfg.support_resize)
-            (single,) = multi_scale_mean_cosine_priors(query, support, masks, sizes[:1], eps=cfg.prior_eps,
-                                                       support_resize=cfg.support_resize)
+                return cascade(query, support, masks, sizes, cfg.prior_connection, cfg.prior_eps, cfg.support_resize)
+            (single,) = cascade(query, support, masks, sizes[:1], eps=cfg.prior_eps, support_resize=cfg.support_resize)
             return [resize_to(single, size, "bilinear", align_corners=True) for size in sizes]
 
     # ------------------------------------------------------------------ section 3.3
@@ -356,15 +346,11 @@ class MSPF(FewShotSegmenter):
         cfg = self.config
         batch, shots = support_masks.shape[:2]
         foreground = foreground_mask(support_masks).flatten(0, 1)  # [B*K, H, W]
-        support_layer3 = support_feats["layer3"].flatten(0, 1)
-        query = self.project_query(mid_level_features(query_feats["layer2"], query_feats["layer3"], low_first=True))
-        project_support = self.project_query if cfg.shared_projection else self.project_support
-        support = project_support(mid_level_features(support_feats["layer2"].flatten(0, 1), support_layer3,
-                                                     low_first=True))
+        query, support = self.mid_level(query_feats, support_feats)
         prototype = support_prototype(support, foreground, (batch, shots), cfg.mask_eps)
         size = query.shape[-2:]
-        priors = self.prior_masks(query_feats["layer4"], support_layer3, foreground, (batch, shots),
-                                  pyramid_bins(size, cfg.bins))
+        priors = self.prior_masks(query_feats["layer4"], support_feats["layer3"].flatten(0, 1), foreground,
+                                  (batch, shots), pyramid_bins(size, cfg.bins))
         mixed = self.mix(query, prototype, priors)
         output = {"priors": priors, "prototype": prototype, "aux_logits": []}
         if cfg.multi_scale_fusion:
@@ -384,14 +370,6 @@ class MSPF(FewShotSegmenter):
         output["logits"] = resize_to(logits, out_size, "bilinear", align_corners=True)
         return output
 
-    def loss(self, output, batch):
-        target = batch["query_mask"]
-        main = segmentation_ce(output["logits"], target, self.config.foreground_weight)
-        if not output["aux_logits"]:
-            return main, {"query_ce": main.item()}
-        aux = auxiliary_ce(output["aux_logits"], target, self.config.foreground_weight)
-        return main + self.config.aux_weight * aux, {"query_ce": main.item(), "aux_ce": aux.item()}
-
     def active_modules(self) -> list[nn.Module]:
         """The modules the current configuration runs (in training, for the auxiliary classifiers)."""
         cfg = self.config
@@ -409,10 +387,6 @@ class MSPF(FewShotSegmenter):
         if cfg.scale_weights:
             modules.append(self.weight_net)
         return modules
-
-    def learnable_parameters(self) -> int:
-        """Trainable parameters that the current configuration uses."""
-        return sum(p.numel() for m in self.active_modules() for p in m.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------- record

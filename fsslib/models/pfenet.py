@@ -27,6 +27,10 @@ Prior mask ("training-free prior generation")
 
     with :math:`X_q^h` = layer4 of the query and the cosine and normalisation of
     :mod:`fsslib.models.priors` (``eps = 1e-7``). The prior gets no gradient.
+    :func:`masked_high_level` and :func:`training_free_prior` compute this as written: layer4 on
+    the whole masked support map, the similarity of every query cell with every support cell.
+    ``fast_paths=True`` (the default) runs their twins in :mod:`fsslib.models.fast` instead
+    (layer4 on the objects' box, the max over the object's cells), which give the same prior.
 
 K shots
     The prototype and the prior are the means of the per-shot prototypes and (normalised) priors.
@@ -77,6 +81,19 @@ Bins
 Shapes as in :mod:`fsslib.models.base`; 1-way only (PFENet is a binary segmenter). Output:
 ``"logits"`` ``[B, 2, H, W]``, ``"aux_logits"`` (list of ``[B, 2, b_i, b_i]``), ``"prior"``
 ``[B, 1, h, w]``, ``"prototype"`` ``[B, W]``.
+
+The PFENet family
+    MSPF (:mod:`fsslib.models.mspf`) and MSDNet (:mod:`fsslib.models.msdnet`) build on PFENet, so
+    the blocks they share live here, where they were first defined, rather than in a module of
+    their own: the layers (:func:`conv_relu`, :func:`projection`, :func:`double_conv` with a
+    BatchNorm option for MSDNet, :func:`classifier`), the mid-level features and prototype, the
+    masked high-level features and the max-cosine prior (:func:`training_free_prior`: PFENet's
+    prior and MSDNet's context mask), the enrichment module (:func:`enrichment_layers` and
+    :func:`enrich`: PFENet's and MSDNet's fusion), the losses and :class:`PriorShortcut`.
+    :class:`PriorGuidedSegmenter` is what PFENet and MSPF share around their heads (projections,
+    loss, parameter count). The shared layers are built by functions and registered by each
+    model under its own attribute names, so every model keeps its state-dict keys and creates
+    its parameters in the same order as when each file built them itself.
 """
 from __future__ import annotations
 
@@ -89,12 +106,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..reference import published
+from . import fast
 from .base import FewShotSegmenter, ModelConfig
 from .ops import IGNORE_INDEX, foreground_mask, mask_to_feature_size, masked_average_pooling, resize_to
 from .priors import PRIOR_EPS, max_cosine_prior
 from .record import BenchSettings, MethodRecord
 
-__all__ = ["PFENet", "PFENetConfig", "PriorShortcut", "REAL_DATA_RECIPE", "pyramid_bins"]
+__all__ = ["PFENet", "PFENetConfig", "PriorGuidedSegmenter", "PriorShortcut", "REAL_DATA_RECIPE", "enrich",
+           "masked_high_level", "pyramid_bins", "training_free_prior"]
 
 #: The authors' training recipes on real data, from their configs ``pascal_split*_resnet50.yaml``
 #: and ``coco_split*_resnet101.yaml``. Keys are :class:`fsslib.engine.trainer.TrainConfig` fields
@@ -149,20 +168,22 @@ class PFENetConfig(ModelConfig):
     use_prior: bool = True
 
 
-# ---------------------------------------------------------------------- building blocks (shared with MSPF)
-def conv_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
-    """Convolution without bias (padding keeps the size) followed by ReLU."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.ReLU(inplace=True))
+# ---------------------------------------------------------------------- the family's building blocks
+def conv_relu(c_in: int, c_out: int, kernel: int, batch_norm: bool = False) -> nn.Sequential:
+    """Convolution without bias (padding keeps the size), BatchNorm if ``batch_norm`` (MSDNet), ReLU."""
+    conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)) if batch_norm \
+        else nn.Sequential(conv, nn.ReLU(inplace=True))
 
 
-def projection(c_in: int, width: int, dropout: float) -> nn.Sequential:
-    """Mid-level down-projection: 1x1 conv (no bias), ReLU, Dropout2d."""
-    return nn.Sequential(*conv_relu(c_in, width, 1), nn.Dropout2d(dropout))
+def projection(c_in: int, width: int, dropout: float, batch_norm: bool = False) -> nn.Sequential:
+    """Mid-level down-projection: 1x1 conv (no bias), [BatchNorm,] ReLU, Dropout2d."""
+    return nn.Sequential(*conv_relu(c_in, width, 1, batch_norm), nn.Dropout2d(dropout))
 
 
-def double_conv(width: int) -> nn.Sequential:
-    """Two 3x3 conv + ReLU; the caller adds the residual."""
-    return nn.Sequential(*conv_relu(width, width, 3), *conv_relu(width, width, 3))
+def double_conv(width: int, batch_norm: bool = False) -> nn.Sequential:
+    """Two 3x3 conv [+ BatchNorm] + ReLU; the caller adds the residual."""
+    return nn.Sequential(*conv_relu(width, width, 3, batch_norm), *conv_relu(width, width, 3, batch_norm))
 
 
 def classifier(width: int, dropout: float, classes: int = 2) -> nn.Sequential:
@@ -186,8 +207,8 @@ def mid_level_features(low: Tensor, high: Tensor, low_first: bool) -> Tensor:
     """Concatenate layer2 (``low``) and layer3 (``high``) features along channels, at layer3's size.
 
     ``[N, C2, h2, w2]``, ``[N, C3, h, w]`` -> ``[N, C2 + C3, h, w]``; layer2 is resized bilinearly
-    (aligned corners) when its size differs. ``low_first``: MSPF's order [layer2; layer3]; PFENet
-    concatenates [layer3; layer2].
+    (aligned corners) when its size differs. ``low_first``: MSPF's and MSDNet's order
+    [layer2; layer3]; PFENet concatenates [layer3; layer2].
     """
     low = resize_to(low, high.shape[-2:], "bilinear", align_corners=True)
     return torch.cat([low, high] if low_first else [high, low], dim=1)
@@ -199,53 +220,84 @@ def support_prototype(support_mid: Tensor, foreground: Tensor, shots: tuple[int,
     return prototypes.unflatten(0, shots).mean(dim=1)
 
 
-def masked_high_level(backbone, support_layer3: Tensor, foreground: Tensor, crop_to_object: bool = True,
-                      margin: int = 0) -> Tensor:
-    """``layer4(layer3 * m)`` for supports ``[N, C3, h, w]`` and binary masks ``[N, H, W]``.
+def no_autocast(device: torch.device):
+    """Full precision for the prior's cosine similarities even inside a mixed-precision region."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
-    ``m`` is the mask resized bilinearly (aligned corners) to layer3's size. Runs without gradient:
-    the prior is training-free.
 
-    The priors read these features only where a support mask, resized to some grid, is non-zero
-    (everything else is multiplied by 0), so with ``crop_to_object`` layer4 is computed on the
-    objects' bounding box only (the union over the N supports, ``margin`` cells wider for priors
-    that resize the mask to coarser grids; 0 covers every non-zero cell of the bilinear ``m``), by
-    :meth:`~fsslib.models.backbones.Backbone.run_stage_in_box`: each block runs on the box grown
-    by the receptive radius of the blocks after it, so inside the box the result is exactly the
-    full computation's; outside it is returned as 0. A dilated ResNet layer4 costs about three
-    ResNet-50 forwards at 473 pixels; for an object spanning half the rows and a third of the
-    columns (a 32 x 22 box) its three blocks then compute 61%, 51% and 33% of the 60 x 60 cells.
-    Falls back to the whole map when layer4 resamples (no receptive radius).
+def masked_high_level(backbone, support_layer3: Tensor, foreground: Tensor) -> Tensor:
+    r""":math:`X_s^h = \mathrm{layer4}(\mathrm{layer3}_s \odot m)` for supports ``[N, C3, h, w]`` and
+    binary masks ``[N, H, W]`` -> ``[N, C4, h, w]``.
+
+    ``m`` is the mask resized bilinearly (aligned corners) to layer3's size. No gradient: the
+    prior is training-free. (:func:`fsslib.models.fast.masked_high_level` runs layer4 on the
+    objects' box only.)
     """
     with torch.no_grad():
-        weights = mask_to_feature_size(foreground, support_layer3.shape[-2:]).to(support_layer3.dtype)
-        masked = support_layer3 * weights.unsqueeze(1)
-        if not crop_to_object or backbone.receptive_radius("layer4") is None:
-            return backbone.run_stage("layer4", masked)
-        high = masked.new_zeros(masked.shape[0], backbone.out_channels["layer4"], *masked.shape[-2:])
-        box = _object_box(foreground, support_layer3.shape[-2:], margin)
-        if box is None:  # no object in any support: every prior reads zeros
-            return high
-        (top, bottom), (left, right) = box
-        high[..., top:bottom, left:right] = backbone.run_stage_in_box("layer4", masked, box)
-        return high
+        m = mask_to_feature_size(foreground, support_layer3.shape[-2:]).to(support_layer3.dtype)
+        return backbone.run_stage("layer4", support_layer3 * m.unsqueeze(1))
 
 
-def _object_box(foreground: Tensor, size: Sequence[int], margin: int) -> list[tuple[int, int]] | None:
-    """Rows ``(top, bottom)`` and columns ``(left, right)`` (end-exclusive) on an ``h x w`` grid
-    covering every foreground pixel of the ``[N, H, W]`` masks, ``margin`` cells wider; None if
-    there is none. Pixel ``i`` of ``H`` sits at grid coordinate ``i (h - 1) / (H - 1)`` (aligned corners)."""
-    anywhere = (foreground == 1).any(dim=0)  # [H, W]
-    box = []
-    for present, cells in ((anywhere.any(dim=1), size[0]), (anywhere.any(dim=0), size[1])):
-        if not bool(present.any()):
-            return None
-        index = present.nonzero().squeeze(1)
-        scale = (cells - 1) / max(present.numel() - 1, 1)
-        lo = math.floor(int(index.min()) * scale) - margin
-        hi = math.ceil(int(index.max()) * scale) + margin + 1
-        box.append((max(lo, 0), min(hi, cells)))
-    return box
+def training_free_prior(query_high: Tensor, support_high: Tensor, foreground: Tensor, shots: tuple[int, int],
+                        size: Sequence[int], eps: float = PRIOR_EPS) -> Tensor:
+    r""":math:`Y_q = \frac{1}{K} \sum_k \operatorname{bilinear}_{size}\big(\operatorname{minmax}(\max_s
+    \cos(X_q^h(q), X_{s,k}^h(s) \odot m_k(s)))\big)`, ``[B, 1, *size]``, without gradient.
+
+    PFENet's prior (``support_high`` = :func:`masked_high_level`) and MSDNet's context mask
+    (``support_high`` = the support image's own layer4), computed in float32.
+
+    Args:
+        query_high: ``[B, C4, h4, w4]``.
+        support_high: ``[B*K, C4, h4', w4']``, masked here by ``m_k``, the binary mask resized
+            bilinearly (aligned corners) to that size.
+        foreground: binary support masks ``[B*K, H, W]``.
+        shots: ``(B, K)``.
+        size: the mid-level feature size each shot's prior is resized to before the mean.
+    """
+    with torch.no_grad(), no_autocast(support_high.device):
+        m = mask_to_feature_size(foreground, support_high.shape[-2:]).to(torch.float32)
+        support = (support_high.float() * m.unsqueeze(1)).unflatten(0, shots)  # [B, K, C4, h4', w4']
+        per_shot = max_cosine_prior(query_high.float(), support, eps)  # [B, K, h4, w4]
+        return resize_to(per_shot, size, "bilinear", align_corners=True).mean(dim=1, keepdim=True)
+
+
+def enrichment_layers(width: int, scales: int, batch_norm: bool = False
+                      ) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList]:
+    r"""The feature enrichment module's per-scale layers ``(merge, alpha, beta)``: :math:`W^{merge}_i`
+    (2W + 1 -> W, 1x1), :math:`W^{\alpha}_i` (2W -> W, 1x1, scales 2..n) and :math:`\beta_i`
+    (two 3x3), each conv without bias and followed by [BatchNorm (MSDNet),] ReLU."""
+    merge = nn.ModuleList(conv_relu(2 * width + 1, width, 1, batch_norm) for _ in range(scales))
+    alpha = nn.ModuleList(conv_relu(2 * width, width, 1, batch_norm) for _ in range(scales - 1))
+    beta = nn.ModuleList(double_conv(width, batch_norm) for _ in range(scales))
+    return merge, alpha, beta
+
+
+def enrich(query: Tensor, prototype: Tensor, prior: Tensor, bins: Sequence[tuple[int, int]],
+           merge: nn.ModuleList, alpha: nn.ModuleList, beta: nn.ModuleList,
+           classifiers: nn.ModuleList | None = None) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    r"""The feature enrichment module's scales (equations in the module docstring): ``[B, W, h, w]``,
+    ``[B, W]``, ``[B, 1, h, w]`` -> :math:`F_i` ``[B, W, *bins[i]]``, :math:`U_i` ``[B, W, h, w]``
+    and the per-scale logits :math:`Z_i = \mathrm{cls}_i(F_i)` (empty without ``classifiers``).
+
+    The layers are those of :func:`enrichment_layers`; PFENet merges the :math:`U_i` with
+    ``res1``/``res2``, MSDNet with its bare 1x1 ``res1``. Each :math:`Z_i` is computed as soon as
+    :math:`F_i` is, the order in which autograd then sums the gradients reaching :math:`F_i`."""
+    size = query.shape[-2:]
+    features, upsampled, logits = [], [], []
+    for i, bin_size in enumerate(bins):
+        query_bin = F.adaptive_avg_pool2d(query, bin_size)
+        prototype_bin = prototype[:, :, None, None].expand(-1, -1, *bin_size)
+        prior_bin = resize_to(prior, bin_size, "bilinear", align_corners=True)
+        x = merge[i](torch.cat([query_bin, prototype_bin, prior_bin], dim=1))
+        if i > 0:
+            previous = resize_to(upsampled[-1], bin_size, "bilinear", align_corners=True)  # U_{i-1}
+            x = alpha[i - 1](torch.cat([x, previous], dim=1)) + x
+        x = beta[i](x) + x
+        features.append(x)
+        if classifiers is not None:
+            logits.append(classifiers[i](x))
+        upsampled.append(resize_to(x, size, "bilinear", align_corners=True))
+    return features, upsampled, logits
 
 
 def segmentation_ce(logits: Tensor, target: Tensor, foreground_weight: float = 1.0) -> Tensor:
@@ -281,27 +333,64 @@ class PriorShortcut(nn.Module):
         return logits + torch.cat([background, self.scale * (prior - 0.5)], dim=1)
 
 
-def no_autocast(device: torch.device):
-    """Full precision for the prior's cosine similarities even inside a mixed-precision region."""
-    return torch.autocast(device_type=device.type, enabled=False)
+# ---------------------------------------------------------------------- the family's base and PFENet
+class PriorGuidedSegmenter(FewShotSegmenter):
+    """What PFENet and MSPF share around their heads.
 
+    A frozen backbone whose supports stop at layer3 (layer4 runs on the masked layer3), separate
+    mid-level projections ``project_query`` / ``project_support`` (built first, so parameters are
+    created in the same order in both), the prototype, and the loss: cross-entropy of the logits
+    plus ``aux_weight`` times the mean cross-entropy of the per-scale logits, if there are any.
+    Subclasses list the modules they run in :meth:`active_modules`.
+    """
 
-# ---------------------------------------------------------------------- the model
-class PFENet(FewShotSegmenter):
-    config_class = PFENetConfig
     feature_stages = ("layer2", "layer3", "layer4")
     support_stages = ("layer2", "layer3")  # support layer4 is computed on the masked layer3
+    #: Mid-level concatenation order: [layer2; layer3] (MSPF) or [layer3; layer2] (PFENet).
+    layer2_first = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        channels = self.backbone.out_channels
+        mid = channels["layer2"] + channels["layer3"]
+        #: n, the number of scales.
+        self.num_scales = NUM_SCALES if config.bins is None else len(config.bins)
+        self.project_query = projection(mid, config.width, config.projection_dropout)
+        self.project_support = projection(mid, config.width, config.projection_dropout)
+
+    def mid_level(self, query_feats: dict[str, Tensor], support_feats: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """:math:`X^{mid}` of the query ``[B, W, h, w]`` and of the supports ``[B*K, W, h, w]``."""
+        query = self.project_query(mid_level_features(query_feats["layer2"], query_feats["layer3"],
+                                                      self.layer2_first))
+        project_support = self.project_query if self.config.shared_projection else self.project_support
+        support = project_support(mid_level_features(support_feats["layer2"].flatten(0, 1),
+                                                     support_feats["layer3"].flatten(0, 1), self.layer2_first))
+        return query, support
+
+    def loss(self, output, batch):
+        target = batch["query_mask"]
+        main = segmentation_ce(output["logits"], target, self.config.foreground_weight)
+        if not output["aux_logits"]:
+            return main, {"query_ce": main.item()}
+        aux = auxiliary_ce(output["aux_logits"], target, self.config.foreground_weight)
+        return main + self.config.aux_weight * aux, {"query_ce": main.item(), "aux_ce": aux.item()}
+
+    def active_modules(self) -> list[nn.Module]:
+        """The modules the current configuration runs."""
+        raise NotImplementedError
+
+    def learnable_parameters(self) -> int:
+        """Trainable parameters that the current configuration uses."""
+        return sum(p.numel() for m in self.active_modules() for p in m.parameters() if p.requires_grad)
+
+
+class PFENet(PriorGuidedSegmenter):
+    config_class = PFENetConfig
 
     def __init__(self, config: PFENetConfig):
-        super().__init__(config)
-        channels, width = self.backbone.out_channels, config.width
-        mid = channels["layer2"] + channels["layer3"]
-        scales = NUM_SCALES if config.bins is None else len(config.bins)
-        self.project_query = projection(mid, width, config.projection_dropout)
-        self.project_support = projection(mid, width, config.projection_dropout)
-        self.merge = nn.ModuleList(conv_relu(2 * width + 1, width, 1) for _ in range(scales))
-        self.alpha = nn.ModuleList(conv_relu(2 * width, width, 1) for _ in range(scales - 1))
-        self.beta = nn.ModuleList(double_conv(width) for _ in range(scales))
+        super().__init__(config)  # backbone, project_query, project_support
+        width, scales = config.width, self.num_scales
+        self.merge, self.alpha, self.beta = enrichment_layers(width, scales)
         self.inner_cls = nn.ModuleList(classifier(width, config.classifier_dropout) for _ in range(scales))
         self.res1 = conv_relu(scales * width, width, 1)
         self.res2 = double_conv(width)
@@ -311,7 +400,7 @@ class PFENet(FewShotSegmenter):
     # ------------------------------------------------------------------ pieces
     def prior_mask(self, query_layer4: Tensor, support_layer3: Tensor, foreground: Tensor, shots: tuple[int, int],
                    size: Sequence[int]) -> Tensor:
-        """Shot-averaged max-cosine prior ``[B, 1, *size]``.
+        """Shot-averaged max-cosine prior ``[B, 1, *size]`` (no gradient).
 
         Args:
             query_layer4: ``[B, C4, h4, w4]``.
@@ -320,31 +409,17 @@ class PFENet(FewShotSegmenter):
             shots: ``(B, K)``.
             size: the mid-level feature size the per-shot priors are resized to before averaging.
         """
-        high = masked_high_level(self.backbone, support_layer3, foreground)
-        with torch.no_grad(), no_autocast(high.device):
-            weights = mask_to_feature_size(foreground, high.shape[-2:]).to(torch.float32)
-            support = (high.float() * weights.unsqueeze(1)).unflatten(0, shots)
-            per_shot = max_cosine_prior(query_layer4.float(), support, self.config.prior_eps,
-                                        object_cells=(weights > 0).unflatten(0, shots))
-            return resize_to(per_shot, size, "bilinear", align_corners=True).mean(dim=1, keepdim=True)
+        high_level, prior = ((fast.masked_high_level, fast.training_free_prior) if self.config.fast_paths
+                             else (masked_high_level, training_free_prior))
+        support_high = high_level(self.backbone, support_layer3, foreground)  # layer4(layer3_s * m)
+        return prior(query_layer4, support_high, foreground, shots, size, self.config.prior_eps)
 
     def enrich(self, query: Tensor, prototype: Tensor, prior: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Feature enrichment module: ``[B, W, h, w]``, ``[B, W]``, ``[B, 1, h, w]`` -> merged
         features ``[B, W, h, w]`` and per-scale logits ``[B, 2, h_i, w_i]``."""
-        size = query.shape[-2:]
-        pyramid, inner = [], []
-        for i, bin_size in enumerate(pyramid_bins(size, self.config.bins)):
-            query_bin = F.adaptive_avg_pool2d(query, bin_size)
-            prototype_bin = prototype[:, :, None, None].expand(-1, -1, *bin_size)
-            prior_bin = resize_to(prior, bin_size, "bilinear", align_corners=True)
-            x = self.merge[i](torch.cat([query_bin, prototype_bin, prior_bin], dim=1))
-            if i > 0:
-                previous = resize_to(pyramid[-1], bin_size, "bilinear", align_corners=True)
-                x = self.alpha[i - 1](torch.cat([x, previous], dim=1)) + x
-            x = self.beta[i](x) + x
-            inner.append(self.inner_cls[i](x))
-            pyramid.append(resize_to(x, size, "bilinear", align_corners=True))
-        merged = self.res1(torch.cat(pyramid, dim=1))
+        bins = pyramid_bins(query.shape[-2:], self.config.bins)
+        _, upsampled, inner = enrich(query, prototype, prior, bins, self.merge, self.alpha, self.beta, self.inner_cls)
+        merged = self.res1(torch.cat(upsampled, dim=1))
         return self.res2(merged) + merged, inner
 
     # ------------------------------------------------------------------ head
@@ -353,13 +428,10 @@ class PFENet(FewShotSegmenter):
             raise ValueError(f"PFENet segments one class per episode (way=1), got way={way}")
         batch, shots = support_masks.shape[:2]
         foreground = foreground_mask(support_masks).flatten(0, 1)  # [B*K, H, W]
-        support_layer3 = support_feats["layer3"].flatten(0, 1)
-        query = self.project_query(mid_level_features(query_feats["layer2"], query_feats["layer3"], low_first=False))
-        project_support = self.project_query if self.config.shared_projection else self.project_support
-        support = project_support(mid_level_features(support_feats["layer2"].flatten(0, 1), support_layer3,
-                                                     low_first=False))
+        query, support = self.mid_level(query_feats, support_feats)
         prototype = support_prototype(support, foreground, (batch, shots), self.config.mask_eps)
-        prior = self.prior_mask(query_feats["layer4"], support_layer3, foreground, (batch, shots), query.shape[-2:])
+        prior = self.prior_mask(query_feats["layer4"], support_feats["layer3"].flatten(0, 1), foreground,
+                                (batch, shots), query.shape[-2:])
         if not self.config.use_prior:  # the paper's ablation without the prior: a constant channel
             prior = torch.zeros_like(prior)
         merged, inner = self.enrich(query, prototype, prior)
@@ -369,12 +441,6 @@ class PFENet(FewShotSegmenter):
         logits = resize_to(logits, out_size, "bilinear", align_corners=True)
         return {"logits": logits, "aux_logits": inner, "prior": prior, "prototype": prototype}
 
-    def loss(self, output, batch):
-        target = batch["query_mask"]
-        main = segmentation_ce(output["logits"], target, self.config.foreground_weight)
-        aux = auxiliary_ce(output["aux_logits"], target, self.config.foreground_weight)
-        return main + self.config.aux_weight * aux, {"query_ce": main.item(), "aux_ce": aux.item()}
-
     def active_modules(self) -> list[nn.Module]:
         """The modules the current configuration runs (the unused support projection is left out)."""
         modules = [self.backbone, self.project_query, self.merge, self.alpha, self.beta, self.inner_cls,
@@ -382,10 +448,6 @@ class PFENet(FewShotSegmenter):
         if self.shortcut is not None:
             modules.append(self.shortcut)
         return modules if self.config.shared_projection else modules + [self.project_support]
-
-    def learnable_parameters(self) -> int:
-        """Trainable parameters that the current configuration uses."""
-        return sum(p.numel() for m in self.active_modules() for p in m.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------- record

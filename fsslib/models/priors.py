@@ -4,8 +4,11 @@ A prior mask scores every query position by how similar its *high-level* backbon
 (ResNet layer4, the stage after the mid-level features the head learns from) is to the support
 object's high-level features. Nothing in it is learned, so it transfers to unseen classes.
 PFENet (Tian et al., "Prior Guided Feature Enrichment Network for Few-Shot Segmentation",
-TPAMI 2020) introduced it; MSPF (the seed paper "Few-shot semantic segmentation based on
-multi-scale prior information fusion", section 3.2) and MSDNet reuse it.
+TPAMI 2020) introduced it; MSPF ("基于多尺度先验信息融合的小样本语义分割", "Few-shot semantic
+segmentation based on multi-scale prior information fusion", a journal article in Chinese, section
+3.2) and MSDNet (Fateh, Mohammadi, Jahed-Motlagh, "MSDNet: Multi-Scale Decoder for Few-Shot
+Semantic Segmentation via Transformer-Guided Prototyping", Image and Vision Computing 2025)
+reuse it.
 
 Notation for one episode: query features :math:`X_q \in \mathbb{R}^{C \times h \times w}`,
 support features :math:`X_s \in \mathbb{R}^{C \times h' \times w'}` (already multiplied by the
@@ -39,6 +42,10 @@ them afterwards, ``prior.mean(dim=1, keepdim=True)``.
 
 MSPF's multi-scale cascade (:func:`multi_scale_mean_cosine_priors`) is documented there.
 
+The functions here compute every similarity of every query cell with every support cell, as the
+equations read. :mod:`fsslib.models.fast` has twins that compare the query with the object's
+cells only; the methods run those by default (``ModelConfig.fast_paths``).
+
 Shapes: B episodes, K shots, C channels, ``h x w`` query cells, ``h' x w'`` support cells.
 """
 from __future__ import annotations
@@ -49,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import clamped_norm, gather_cells, mask_to_feature_size, resize_by_matrices
+from .ops import mask_to_feature_size, resize_to
 
 __all__ = [
     "PRIOR_EPS",
@@ -81,30 +88,11 @@ def pairwise_cosine(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> T
             or support.shape[2] != query.shape[1]:
         raise ValueError(f"expected query [B, C, h, w] and support [B, K, C, h', w'] with matching B and C, "
                          f"got {tuple(query.shape)} and {tuple(support.shape)}")
-    b, k, c = support.shape[:3]
-    s = support.flatten(3).transpose(2, 3).reshape(b, -1, c)  # [B, K*h'w', C]
-    return _cosine_to_cells(*_query_cells(query), s, eps).view(b, k, -1, query.shape[-2] * query.shape[-1])
-
-
-def _query_cells(query: Tensor) -> tuple[Tensor, Tensor]:
-    """``[B, C, h, w]`` -> the cells ``[B, C, hw]`` and their plain norms ``[B, 1, hw]`` (PFENet's eps
-    goes on the product of the norms, not on each), computed once for all shots. Priors run
-    without gradient, so the unclamped norm's derivative at a zero vector never matters."""
-    cells = query.flatten(2)
-    return cells, clamped_norm(cells, dim=1, keepdim=True, floor=0.0)
-
-
-def _cosine_to_cells(query_cells: Tensor, query_norms: Tensor, support_cells: Tensor, eps: float) -> Tensor:
-    """``cos(q, s)`` with eps on the product of the norms: ``[B, C, hw]``, ``[B, 1, hw]``, support
-    cells ``[B, N, C]`` -> ``[B, N, hw]``."""
-    dots = torch.bmm(support_cells, query_cells)
-    norms = torch.bmm(support_cells.norm(dim=2, keepdim=True), query_norms)  # |s| |q|, same shape
-    return dots.div_(norms.add_(eps))
-
-
-def _shot_cells(support: Tensor, shot: int) -> Tensor:
-    """The cells of one shot as rows: ``[B, K, C, h', w']`` -> ``[B, h' * w', C]``."""
-    return support[:, shot].flatten(2).transpose(1, 2)
+    q = query.flatten(2)  # [B, C, hw]
+    s = support.flatten(3)  # [B, K, C, h'w']
+    dots = torch.einsum("bkcs,bcq->bksq", s, q)
+    norms = s.norm(dim=2).unsqueeze(3) * q.norm(dim=1)[:, None, None, :]  # |X_s(s)| |X_q(q)|
+    return dots / (norms + eps)
 
 
 def min_max_normalize(similarity: Tensor, eps: float = PRIOR_EPS) -> Tensor:
@@ -122,34 +110,22 @@ def min_max_normalize(similarity: Tensor, eps: float = PRIOR_EPS) -> Tensor:
     return ((flat - low) / (high - low + eps)).view_as(similarity)
 
 
-def max_cosine_prior(query: Tensor, support: Tensor, eps: float = PRIOR_EPS,
-                     object_cells: Tensor | None = None) -> Tensor:
+def max_cosine_prior(query: Tensor, support: Tensor, eps: float = PRIOR_EPS) -> Tensor:
     r"""PFENet's prior: for each query cell the *largest* similarity to any support cell, normalised.
+
+    ``Y(q) = minmax(max_s cos(q, s))``. (:func:`fsslib.models.fast.max_cosine_prior` computes it
+    from the object's cells only.)
 
     Args:
         query: high-level query features ``[B, C, h, w]``.
         support: high-level support features ``[B, K, C, h', w']``, already multiplied by the
             (soft) support mask, as PFENet does. Zero cells take part in the max with similarity 0.
         eps: cosine and normalisation epsilon (PFENet: 1e-7 for both).
-        object_cells: bool ``[B, K, h', w']``, where the support may be non-zero (where the mask
-            weight is positive); every other cell must be a zero vector. None: found from
-            ``support``, a pass over the whole map (at five shots of 2048 x 60 x 60, about as long
-            as the similarities themselves).
 
     Returns:
         ``[B, K, h, w]``: one min-max normalised prior per shot.
     """
-    # A masked-out support cell is a zero vector, whose cosine with every query cell is exactly 0:
-    # the max needs the object's cells and one zero cell, not all h'w' of them.
-    cells = support.flatten(3)  # [B, K, C, h'w']
-    on_object = cells.ne(0).any(dim=2) if object_cells is None else object_cells.flatten(2).to(cells.device)
-    count = int(on_object.sum(dim=-1).max())
-    if count < cells.shape[-1]:
-        support = gather_cells(cells, on_object, keep=count + 1)[0].unsqueeze(-1)  # [B, K, C, N, 1]
-    query_cells, query_norms = _query_cells(query)
-    # one shot at a time: the [B, N, hw] similarity matrix is the largest tensor here
-    similarity = torch.stack([_cosine_to_cells(query_cells, query_norms, _shot_cells(support, k), eps)
-                              .max(dim=1).values for k in range(support.shape[1])], dim=1)  # [B, K, hw]
+    similarity = pairwise_cosine(query, support, eps).max(dim=2).values  # [B, K, hw]
     return min_max_normalize(similarity.unflatten(-1, query.shape[-2:]), eps)
 
 
@@ -159,6 +135,7 @@ def mean_cosine_prior(query: Tensor, support: Tensor, support_weights: Tensor, e
     ``c(q) = sum_s m(s) cos(q, s) / (sum_s m(s) + eps)``, then min-max normalised. The same
     ``eps`` regularises the cosine, the weight sum and the normalisation (MSPF gives 1e-7 for its
     normalisation and no other value). A support with an empty mask gives an all-zero prior.
+    (:func:`fsslib.models.fast.mean_cosine_prior` computes it from the weighted cells only.)
 
     Args:
         query: high-level query features ``[B, C, h, w]``.
@@ -171,19 +148,9 @@ def mean_cosine_prior(query: Tensor, support: Tensor, support_weights: Tensor, e
     if support_weights.shape != support.shape[:2] + support.shape[3:]:
         raise ValueError(f"support_weights must be [B, K, h', w'] = {tuple(support.shape[:2] + support.shape[3:])}, "
                          f"got {tuple(support_weights.shape)}")
-    weights = support_weights.flatten(2).to(query.dtype)  # [B, K, h'w']
-    total_weight = weights.sum(dim=2, keepdim=True)
-    # cells of weight 0 add nothing to the sum: compare the query with the weighted cells only
-    weighted = weights > 0
-    count = int(weighted.sum(dim=-1).max())
-    if count < weights.shape[-1]:
-        cells, _, index = gather_cells(support.flatten(3), weighted, keep=max(count, 1))
-        support, weights = cells.unsqueeze(-1), weights.gather(-1, index)  # [B, K, C, N, 1], [B, K, N]
-    query_cells, query_norms = _query_cells(query)
-    weighted_sums = torch.stack([torch.bmm(weights[:, k].unsqueeze(1),
-                                           _cosine_to_cells(query_cells, query_norms, _shot_cells(support, k), eps))
-                                 for k in range(support.shape[1])], dim=1).squeeze(2)  # [B, K, hw]
-    similarity = weighted_sums / (total_weight + eps)
+    m = support_weights.flatten(2).to(query.dtype).unsqueeze(3)  # [B, K, h'w', 1]
+    cosine = pairwise_cosine(query, support, eps)  # [B, K, h'w', hw]
+    similarity = (m * cosine).sum(dim=2) / (m.sum(dim=2) + eps)  # [B, K, hw]
     return min_max_normalize(similarity.unflatten(-1, query.shape[-2:]), eps)
 
 
@@ -250,7 +217,7 @@ def multi_scale_mean_cosine_priors(query: Tensor, support: Tensor, support_masks
             s = F.adaptive_avg_pool2d(s, size) * weights.unsqueeze(1)
         else:
             weights = mask_to_feature_size(masks, size).to(s.dtype)  # [B*K, h_i, w_i]
-            s = resize_by_matrices(s, size, align_corners=True) * weights.unsqueeze(1)  # bilinear
+            s = resize_to(s, size, "bilinear", align_corners=True) * weights.unsqueeze(1)
         per_shot = mean_cosine_prior(q, s.unflatten(0, (b, k)), weights.unflatten(0, (b, k)), eps)
         priors.append(per_shot.mean(dim=1, keepdim=True))
     return priors
