@@ -1,7 +1,7 @@
 """``python -m fsslib benchmark-report``: properties the synthetic benchmark itself must have.
 
 They are about the data, not about any method, and are measured with predictors that have no
-method in them beyond prototype matching (issue "Benchmark v3", ``docs/benchmark-v3-plan.md``):
+method in them beyond prototype matching (``docs/benchmark-v3-plan.md``):
 
 1. colour does not identify the class: a prototype of the raw RGB values scores within 10 mIoU
    of labelling everything foreground;

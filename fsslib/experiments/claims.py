@@ -1,4 +1,4 @@
-"""The claims scorecard: one row per claim of the seed papers, with our paired effect on the synthetic benchmark.
+"""The claims scorecard: one row per claim of the method papers, with our paired effect on the synthetic benchmark.
 
 Each :class:`Claim` names a row and its reference in one of the ``reproduce`` tables (or one row
 at two shot counts), and the effect the paper reports on PASCAL-5i where its published tables

@@ -327,7 +327,7 @@ def write_report(profile, source, tables: list) -> Path:
     card = scorecard(rows_by_table)
     card.round(3).to_csv(root / "claims.csv", index=False)
     parts += ["", "## Claims scorecard", "",
-              "Each claim of the seed papers, its effect in the paper and ours (row minus "
+              "Each claim of the method papers, its effect in the paper and ours (row minus "
               "reference, paired per training seed on identical episodes, 95% interval). Written from the tables "
               "above whatever it says; the benchmark's knobs were fixed before any table was run.", "",
               format_scorecard(card)]

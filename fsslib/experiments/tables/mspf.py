@@ -1,4 +1,4 @@
-"""MSPF's ablations (the seed paper's Tables 3, 4 and 5) on the synthetic benchmark (notebook 06).
+"""MSPF's ablations (its paper's Tables 3, 4 and 5) on the synthetic benchmark (notebook 06).
 
 Every row is the paper's row: its config overrides come from
 :data:`fsslib.models.mspf.PAPER_ABLATIONS`, applied on top of :data:`SYNTHETIC_HEAD`. The full
