@@ -149,7 +149,7 @@ def test_ssp_self_support(dtype, adaptive):
     logits[:, 0] = torch.where(selection.view(3, 5, 4), 5.0, -5.0)  # p_b > 0.6 exactly on `selection`
     logits[:, 1] = 0.5 * torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(14), dtype=dtype)
     logits[1, 1] -= 20  # no p_f above 0.7 in episode 1 (the top-12 fallback) and every p_b above 0.6
-    got = fast.ssp_self_support(features, logits, adaptive=adaptive)
+    got = fast.ssp_self_support(features, logits, adaptive=adaptive, equations=ssp)
     want = ssp.self_support(features, logits, adaptive=adaptive)
     assert want.fg_selected[1].sum() == 12
     assert want.bg_selected.flatten(1).sum(1).tolist() == [selection[0].sum(), 20, 1]  # padding exercised
@@ -461,7 +461,7 @@ def _episode(shots, size=64):
     return episode_batch(masks, seed=shots)
 
 
-def _run(method, options, fast_paths, batch):
+def _run_prior_head(method, options, fast_paths, batch):
     torch.manual_seed(0)
     model = build_model(method, width=16, fast_paths=fast_paths, **options)
     model.train()
@@ -489,8 +489,8 @@ def _run(method, options, fast_paths, batch):
 ])
 def test_whole_head_with_and_without_fast_paths(method, options, prior_key, shots):
     batch = _episode(shots)
-    out_fast, loss_fast, grads_fast, eval_fast = _run(method, options, True, batch)
-    out_plain, loss_plain, grads_plain, eval_plain = _run(method, options, False, batch)
+    out_fast, loss_fast, grads_fast, eval_fast = _run_prior_head(method, options, True, batch)
+    out_plain, loss_plain, grads_plain, eval_plain = _run_prior_head(method, options, False, batch)
     torch.testing.assert_close(out_fast[prior_key], out_plain[prior_key])
     # MSDNet's logits are logit(P), which magnifies float32 rounding of P near 0 and 1: compare P itself
     logit_tol = {"atol": 1e-4, "rtol": 1e-4} if method == "msdnet" else {}

@@ -41,7 +41,7 @@ from .priors import PRIOR_EPS, min_max_normalize
 
 # --- prototype methods (ProtoNet, PANet, SSP)
 # What a twin shares with its plain version (SSP's SelfSupport, confident_pixels, support_prototypes)
-# it imports from the method file inside the function: the method files import this module.
+# the method file hands over as ``equations``: the method files import this module, never the reverse.
 def prototype_logits(features: Tensor, prototypes: Tensor, scale: float | Tensor) -> Tensor:
     """``scale * cos(F(x), p_j)`` as a product of unit vectors; replaces ``protonet.prototype_logits``.
 
@@ -126,15 +126,17 @@ def ssp_background_attention(features: Tensor, selection: Tensor, scale: float =
 
 def ssp_self_support(features: Tensor, logits: Tensor, fg_threshold: float = 0.7, bg_threshold: float = 0.6,
                      fallback_topk: int = 12, asbp_scale: float = 2.0, adaptive: bool = True,
-                     unit: Tensor | None = None):
+                     unit: Tensor | None = None, *, equations):
     """The self-support module (SSFP, SSBP, ASBP); replaces ``ssp.self_support``.
+
+    ``equations`` is the method module (``fsslib.models.ssp``), handed over by its caller: its
+    result type and pixel selection are the plain ones, and this module never imports a method.
 
     ASBP compares every pixel with the selected background pixels only, ``[B, h*w, |S_b|]``
     similarities (padded to the batch's largest ``S_b``) instead of ``[B, h*w, h*w]`` (60 x 60
     features, 32 episodes: 1.7 GB per float32 copy); ``unit`` comes from :func:`ssp_head`.
     """
-    from .ssp import SelfSupport, confident_pixels
-
+    SelfSupport, confident_pixels = equations.SelfSupport, equations.confident_pixels
     b, c, h, w = features.shape
     probs = logits.float().softmax(dim=1)
     flat = probs.flatten(2)  # [B, 2, P]
@@ -195,7 +197,7 @@ def ssp_self_matching_logits(features: Tensor, mask: Tensor, scale: float = 10.0
     return resize_to(ssp_match(features, fg, bg, scale), mask.shape[-2:], "bilinear", align_corners=True)
 
 
-def ssp_head(model, fq: Tensor, fs: Tensor, support_masks: Tensor, out_size) -> dict[str, Tensor]:
+def ssp_head(model, fq: Tensor, fs: Tensor, support_masks: Tensor, out_size, *, equations) -> dict[str, Tensor]:
     """SSP's outputs from ``fq``, ``fs``; replaces the body of ``SSP.head`` after its checks.
 
     The same steps with the twins above and the query normalised once for its three matches and
@@ -203,7 +205,8 @@ def ssp_head(model, fq: Tensor, fs: Tensor, support_masks: Tensor, out_size) -> 
     reach ``fq`` through one normalisation, summed before it, which rounds differently from one
     normalisation per match.
     """
-    from .ssp import REFINE_OUTPUT_WEIGHT, REFINE_PROTOTYPE_WEIGHTS, support_prototypes
+    REFINE_OUTPUT_WEIGHT, REFINE_PROTOTYPE_WEIGHTS = equations.REFINE_OUTPUT_WEIGHT, equations.REFINE_PROTOTYPE_WEIGHTS
+    support_prototypes = equations.support_prototypes
 
     cfg = model.config
 
@@ -212,7 +215,7 @@ def ssp_head(model, fq: Tensor, fs: Tensor, support_masks: Tensor, out_size) -> 
 
     def self_support(logits: Tensor):
         return ssp_self_support(fq, logits, cfg.fg_threshold, cfg.bg_threshold, cfg.fallback_topk,
-                                cfg.asbp_scale, adaptive=cfg.use_asbp, unit=unit)
+                                cfg.asbp_scale, adaptive=cfg.use_asbp, unit=unit, equations=equations)
 
     fg_shots, bg_shots = support_prototypes(fs, support_masks, cfg.eps)
     fp, bp = fg_shots.mean(dim=1), bg_shots.mean(dim=1)

@@ -139,6 +139,7 @@ run their twins in :mod:`fsslib.models.fast`, which compute the same outputs.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -418,7 +419,7 @@ class SSP(FewShotSegmenter):
         stage = cfg.feature_stage
         fq, fs = query_feats[stage], support_feats[stage]
         if cfg.fast_paths:
-            return fast.ssp_head(self, fq, fs, support_masks, out_size)
+            return fast.ssp_head(self, fq, fs, support_masks, out_size, equations=sys.modules[__name__])
 
         def up(logits: Tensor) -> Tensor:
             return resize_to(logits, out_size, "bilinear", align_corners=True)

@@ -32,7 +32,7 @@ class Table:
     variants: list[Variant]
     references: dict[str, str]
     #: ``(row, shot) -> text``: the paper's number for the row ("" where the paper has none).
-    paper_column: Callable[[Variant, int], str]
+    paper_column: Callable[[Variant, int], str] = lambda variant, shot: ""
 
     def paper_value(self, variant: Variant, shot: int) -> str:
         """The paper's number for a row; our reference rows (oracle, logit-averaged) have none."""
