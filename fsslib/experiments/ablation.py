@@ -112,7 +112,8 @@ def train_variant(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0
 
 def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protocol: EvalProtocol = EvalProtocol(),
                  results: str | Path | None = None, pretrain_seed: int = 0, progress: bool = True,
-                 recipe_args: dict | None = None, benchmark: str = "synthetic", episodes: bool = False) -> pd.DataFrame:
+                 recipe_args: dict | None = None, benchmark: str = "synthetic", episodes: bool = False,
+                 stored_only: bool = False) -> pd.DataFrame:
     """Train every variant for every seed, evaluate it, and return the IoU rows of all of them.
 
     Rows carry ``train_seed`` beside the protocol's evaluation ``seed``. With ``results`` (a
@@ -122,7 +123,8 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
     (the papers' recipes, see :func:`~fsslib.experiments.configs.real_data_recipe`).
     ``episodes``: return the per-episode rows instead (``protocol.EPISODE_COLUMNS`` and
     ``train_seed``; 1-way rows only), stored beside each evaluation as ``*.episodes.csv``.
-    Failures are listed in ``rows.attrs["failures"]``.
+    ``stored_only``: read the stored evaluations of ``results`` and nothing else (no model is
+    trained or loaded); a missing one is a failure. Failures are listed in ``rows.attrs["failures"]``.
     """
     from tqdm.auto import tqdm
 
@@ -150,6 +152,9 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
         wanted = episode_path(cached) if (cached and episodes) else cached
         if wanted and wanted.exists():
             frames[index] = pd.read_csv(wanted).assign(method=variant.name)
+            continue
+        if stored_only:
+            failures.append((variant.name, seed, f"no stored evaluation {wanted}", ""))
             continue
         if cached_weights != (weights_of[variant.name], seed):
             caches, cached_weights = {}, (weights_of[variant.name], seed)

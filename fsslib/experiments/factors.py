@@ -68,17 +68,17 @@ def factor_spread(breakdown: pd.DataFrame, method: str, shot: int = 1) -> pd.Dat
     return pd.DataFrame(out)
 
 
-def main_episode_rows(profile, main=None, progress: bool = False) -> pd.DataFrame:
+def main_episode_rows(profile, main=None, progress: bool = False, stored_only: bool = False) -> pd.DataFrame:
     """Per-episode rows of the main table's rows (methods and reference rows; ``main``: that
     table, default the registry's) under ``profile`` (trained and evaluated once, then read from
-    the profile's stored evaluations), with their factors."""
+    the profile's stored evaluations; ``stored_only``: only read), with their factors."""
     if profile.benchmark != "synthetic":
         raise ValueError(f"factors are recorded by the synthetic benchmark only, not {profile.benchmark}")
     main = main or next(t for t in tables() if t.key == "main")
     source = build_source("synthetic")
     frames = [run_ablation(main.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
                            results=evaluations_dir(profile), progress=progress, recipe_args=profile.recipe,
-                           episodes=True)
+                           episodes=True, stored_only=stored_only)
               for fold in profile.folds]
     return with_factors(pd.concat(frames, ignore_index=True), source.factors("val"))
 
@@ -97,10 +97,10 @@ def stored_or_computed_factors(profile, recompute: bool = False) -> pd.DataFrame
     return pd.read_csv(path)
 
 
-def write_factors(profile, main=None, progress: bool = False) -> tuple[Path, Path]:
+def write_factors(profile, main=None, progress: bool = False, stored_only: bool = False) -> tuple[Path, Path]:
     """``results/factors.csv`` and ``figures/factors.png`` of ``profile`` (``main``: the main
-    table, default the registry's); returns their paths."""
-    breakdown = factor_breakdown(main_episode_rows(profile, main, progress))
+    table, default the registry's; ``stored_only``: from stored evaluations only); returns their paths."""
+    breakdown = factor_breakdown(main_episode_rows(profile, main, progress, stored_only))
     root = results_root(profile)
     root.mkdir(parents=True, exist_ok=True)
     csv = root / "factors.csv"

@@ -45,13 +45,14 @@ PAPER_NOTE = "paper: PASCAL-5i, ResNet-50 unless noted"
 
 
 # ---------------------------------------------------------------------- collecting
-def table_rows(table, profile, progress: bool = False) -> pd.DataFrame:
-    """The IoU rows of every row of ``table`` over the profile's folds and seeds (from stored evaluations)."""
+def table_rows(table, profile, progress: bool = False, stored_only: bool = False) -> pd.DataFrame:
+    """The IoU rows of every row of ``table`` over the profile's folds and seeds: the stored
+    evaluations, the missing ones trained and evaluated here unless ``stored_only``."""
     frames = []
     for fold in profile.folds:
         rows = run_ablation(table.variants, fold=fold, seeds=profile.seeds, protocol=protocol_of(profile),
                             results=evaluations_dir(profile), progress=progress,
-                            recipe_args=profile.recipe, benchmark=profile.benchmark)
+                            recipe_args=profile.recipe, benchmark=profile.benchmark, stored_only=stored_only)
         frames.append(rows)
     return pd.concat(frames, ignore_index=True)
 
@@ -112,22 +113,22 @@ def ms_per_episode(model, pool: EpisodePool, size: int, repeats: int = 5) -> flo
     return 1000 * sorted(times)[len(times) // 2]
 
 
-def main_table(rows: pd.DataFrame, table, profile, source) -> str:
-    """The main comparison: mIoU per fold and mean, FB-IoU, difference to ProtoNet, parameters, ms/episode."""
+def main_table(rows: pd.DataFrame, table, profile, measurements: pd.DataFrame | None = None) -> str:
+    """The main comparison: mIoU per fold and mean, FB-IoU, difference to ProtoNet, and, from
+    ``measurements`` (:func:`measure_main_rows`), parameters and ms/episode."""
     miou = per_training_seed(rows)
     fb = fb_iou_per_training_seed(rows)
-    pool = EpisodePool.for_fold(source, profile.folds[0], "val")
     folds = list(profile.folds)
     header = (["method", "shot"] + [f"fold {f}" for f in folds] + ["mean mIoU", "FB-IoU", "vs ProtoNet", "",
                                                                      "learnable params", "ms / episode", "paper"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     reference = table.variants[0].name
+    measured = {} if measurements is None else measurements.set_index("method").to_dict("index")
     for variant in table.variants:
         params, ms = "", ""
-        if not variant.trained_as:  # a reference row evaluates its reference's weights
-            model = _trained(variant, profile, source)
-            params = f"{learnable_parameters(variant, profile) / 1e6:.2f}M"
-            ms = f"{ms_per_episode(model, pool, _test_size(profile)):.0f}"
+        if variant.name in measured:  # a reference row evaluates its reference's weights: not measured
+            params = f"{measured[variant.name]['learnable_parameters'] / 1e6:.2f}M"
+            ms = f"{measured[variant.name]['ms_per_episode']:.0f}"
         for shot in profile.shots:
             mine = miou[(miou.method == variant.name) & (miou.shot == shot)]
             if mine.empty:  # the oracle row has one shot
@@ -253,6 +254,32 @@ def qualitative(table, profile, source, n: int = 4) -> Path:
     return save_figure(fig, "qualitative_predictions.png", close=True, folder=figures_of(profile))
 
 
+# ---------------------------------------------------------------------- what needs the trained models
+def measurements_path(profile) -> Path:
+    return evaluations_dir(profile) / "main_measurements.csv"
+
+
+def measure_main_rows(profile, source, table) -> Path:
+    """What the report shows that needs the trained models, measured once after training: learnable
+    parameters and ms/episode of every main-table row whose evaluations are stored (``reproduce``'s
+    jobs trained and evaluated them; rows of failed runs are skipped), and the qualitative figure.
+    Returns the CSV that :func:`write_report` reads."""
+    stored = table_rows(table, profile, stored_only=True)
+    table = replace(table, variants=[v for v in table.variants if v.name in set(stored["method"])])
+    pool = EpisodePool.for_fold(source, profile.folds[0], "val")
+    out = []
+    for variant in table.variants:
+        if variant.trained_as:  # a reference row evaluates its reference's weights
+            continue
+        model = _trained(variant, profile, source)
+        out.append(dict(method=variant.name, learnable_parameters=learnable_parameters(variant, profile),
+                        ms_per_episode=ms_per_episode(model, pool, _test_size(profile))))
+    path = measurements_path(profile)
+    pd.DataFrame(out, columns=["method", "learnable_parameters", "ms_per_episode"]).to_csv(path, index=False)
+    qualitative(table, profile, source)
+    return path
+
+
 # ---------------------------------------------------------------------- all of it
 def describe_recipe(recipe: dict) -> str:
     """``steps=150, batch_size=4; pfenet: lr=0.002`` for a profile's recipe changes."""
@@ -283,9 +310,10 @@ def collapse_check(scores: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(profile, source, tables: list) -> Path:
+def write_report(profile, tables: list) -> Path:
     """Write ``tables.md``, one CSV of raw rows per table of ``tables`` (``tables.tables()``), and
-    the figures; returns ``tables.md``."""
+    the figures drawn from them; returns ``tables.md``. Reads stored evaluations, training logs and
+    :func:`measure_main_rows`' CSV only: it never trains or loads a model."""
     root = results_root(profile)
     root.mkdir(parents=True, exist_ok=True)
     if profile.benchmark == "synthetic":
@@ -303,14 +331,18 @@ def write_report(profile, source, tables: list) -> Path:
              f"IoU; mean ± 95% interval over training seeds; differences paired per seed. {paper}."]
     scores, rows_by_table = [], {}
     for table in tables:
-        rows = table_rows(table, profile)
+        rows = table_rows(table, profile, stored_only=True)
         rows_by_table[table.key] = rows
         rows.to_csv(root / f"{table.key}.csv", index=False)
         scores.append(per_training_seed(rows))
         # Rows of failed runs are left out (the failures are listed at the end of reproduce).
         done = set(rows["method"])
         table = replace(table, variants=[v for v in table.variants if v.name in done])
-        body = main_table(rows, table, profile, source) if table.key == "main" else ablation_markdown(rows, table)
+        if table.key == "main":
+            measured = measurements_path(profile)
+            body = main_table(rows, table, profile, pd.read_csv(measured) if measured.exists() else None)
+        else:
+            body = ablation_markdown(rows, table)
         parts += ["", f"## {table.title}", "", body]
         gains = shot_gain_markdown(rows, table)
         if gains:
@@ -319,7 +351,6 @@ def write_report(profile, source, tables: list) -> Path:
         bar_chart(rows, table, profile)
         if table.key == "main":
             learning_curves(table, profile)
-            qualitative(table, profile, source)
     from .tables.main import PROTONET
 
     scores = pd.concat(scores, ignore_index=True).drop_duplicates(["method", "fold", "shot", "train_seed"])
@@ -333,7 +364,7 @@ def write_report(profile, source, tables: list) -> Path:
               format_scorecard(card)]
     main = next((t for t in tables if t.key == "main"), None)
     if profile.benchmark == "synthetic" and main is not None:
-        csv, figure = write_factors(profile, main)
+        csv, figure = write_factors(profile, main, stored_only=True)
         parts += ["", "## Factors", "", f"Every main-table method's mIoU split by each recorded factor: {csv.name}, "
                   f"{figure.name} (`python -m fsslib factors`)."]
     path = root / "tables.md"

@@ -60,7 +60,7 @@ from .profiles import (  # noqa: F401
     results_root,
     stored_rows,
 )
-from .report import table_rows, write_report
+from .report import measure_main_rows, table_rows, write_report
 from .tables import Table, reference_rows, tables, with_reference_rows  # noqa: F401
 
 
@@ -218,7 +218,11 @@ def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[
     failures = run_jobs(planned, profile, jobs if jobs is not None else profile.jobs)
     print(f"training and evaluation done ({time.perf_counter() - start:.0f} s)")
 
-    write_report(profile, source, tables())
+    listed = tables()
+    main = next((t for t in listed if t.key == "main"), None)
+    if main is not None:
+        measure_main_rows(profile, source, main)
+    write_report(profile, listed)
     elapsed = time.perf_counter() - start
     print(f"reproduce --profile {profile.name}: {elapsed / 60:.1f} min wall time")
     if failures:
