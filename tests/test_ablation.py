@@ -67,3 +67,47 @@ def test_recipe_changes_by_method_apply_to_their_method_and_name_only_its_runs()
     assert _slug(ssp, recipe) == _slug(ssp, {"steps": 150})  # the SSP runs are the same runs
     assert _slug(pfenet, recipe) != _slug(pfenet, {"steps": 150})
     assert _slug(ssp, {}) == _slug(ssp, None)  # the standard recipe keeps its names
+
+
+def test_run_and_evaluation_names_say_what_they_hold(tmp_path, monkeypatch):
+    from fsslib.engine.protocol import EvalProtocol
+    from fsslib.experiments.ablation import _slug, evaluation_path, variant_run_dir
+
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("FSSLIB_FAST", raising=False)
+    off = Variant("SSP, SSFP off", "ssp", {"use_ssfp": False, "refine": True})  # refine: a default, not named
+    box = Variant("box supports", "panet", {"par_weight": 1.0}, protocol_args={"support_annotation": "box"})
+    assert _slug(off).startswith("ssp-use_ssfp=off-") and "refine" not in _slug(off)
+    assert variant_run_dir(off, 2, 1).name.endswith("-fold2-seed1-pre0")
+    name = evaluation_path(tmp_path, box, EvalProtocol(), 0, 3).name
+    assert name.startswith("panet-") and "-support_annotation=box-" in name and name.endswith("-fold0-seed3-pre0.csv")
+    # Different switches, different names; the same switches, the same name whatever the row is called.
+    assert _slug(off) != _slug(Variant("x", "ssp", {"use_ssfp": True}))
+    assert _slug(off) == _slug(Variant("another row name", "ssp", {"use_ssfp": False, "refine": True}))
+
+
+def test_work_stored_under_earlier_names_is_adopted(tmp_path, monkeypatch):
+    from fsslib.engine.protocol import EvalProtocol
+    from fsslib.experiments.ablation import _slug, episode_path, evaluation_path, variant_run_dir
+
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("FSSLIB_FAST", raising=False)
+    variant = Variant("PAR off", "panet", {"par_weight": 0.0})
+    earlier_run = tmp_path / "runs" / "ablation" / f"{_slug(variant, readable=False)}-fold0-seed0-pre0"
+    earlier_run.mkdir(parents=True)
+    (earlier_run / "log.csv").write_text("step,loss\n")
+    run = variant_run_dir(variant, 0, 0)
+    assert run != earlier_run and (run / "log.csv").exists() and not earlier_run.exists()
+
+    results = tmp_path / "evaluations"
+    results.mkdir()
+    new = evaluation_path(results, variant, EvalProtocol(), 0, 0)
+    new.unlink(missing_ok=True)
+    earlier = next(results.glob("*.csv"), None)
+    assert earlier is None  # nothing stored yet: nothing adopted, nothing created
+    earlier = results / new.name.replace("-par_weight=0.0", "")
+    earlier.write_text("a\n1\n")
+    episode_path(earlier).write_text("b\n2\n")
+    path = evaluation_path(results, variant, EvalProtocol(), 0, 0)
+    assert path == new and path.read_text() == "a\n1\n" and episode_path(path).read_text() == "b\n2\n"
+    assert not earlier.exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from ..engine.episodic import train_fewshot
 from ..engine.protocol import EPISODE_COLUMNS, EvalProtocol, evaluate
 from ..engine.statistics import class_wise_miou, interval95, paired_difference, with_interval
 from ..engine.trainer import TrainConfig, runs_dir
+from ..models.registry import config_fields, method_record
 from ..runtime import mode_suffix
 from .configs import real_data_recipe, synthetic_recipe
 
@@ -61,25 +63,68 @@ def method_recipe(recipe_args: dict | None, model: str) -> dict:
     return {**recipe, **by_method.get(model, {})}
 
 
-def _slug(variant: Variant, recipe_args: dict | None = None) -> str:
-    """Run-directory name: readable, and unique for the training-relevant fields. ``recipe_args``
-    (a profile's changes to the recipe, e.g. fewer steps) enter the name only when they change
-    this method's recipe, so the runs of the standard recipe keep their names."""
+#: Longest readable part of a run or evaluation name (the digest after it keeps names unique).
+LABEL_CHARS = 80
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ".".join(map(_shown, value))
+    return re.sub(r"[^A-Za-z0-9._-]", "", str(value))
+
+
+def describe(changes: dict) -> str:
+    """``{"par_weight": 0.0, "refine": False}`` -> ``par_weight=0.0+refine=off`` (path-safe, at most
+    :data:`LABEL_CHARS` characters)."""
+    return "+".join(f"{key}={_shown(value)}" for key, value in sorted(changes.items()))[:LABEL_CHARS]
+
+
+def training_label(variant: Variant) -> str:
+    """What sets the variant's run apart from its method's synthetic recipe: the model arguments that
+    differ from the method's defaults and table head sizes, and the training overrides ("" if none)."""
+    defaults = {**config_fields(variant.model), **method_record(variant.model).synthetic_head}
+    changed = {k: v for k, v in variant.model_args.items() if k not in defaults or defaults[k] != v}
+    return describe({**changed, **variant.train_args})
+
+
+def _digest(fields_: dict) -> str:
+    return hashlib.sha1(json.dumps(fields_, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _slug(variant: Variant, recipe_args: dict | None = None, readable: bool = True) -> str:
+    """Run name: the method, what sets the variant apart (:func:`training_label`), and a digest of
+    every training-relevant field (unique). ``recipe_args`` (a profile's changes to the recipe, e.g.
+    fewer steps) enter the digest only when they change this method's recipe, so the runs of the
+    standard recipe keep their names. ``readable=False``: the names of earlier versions (digest only)."""
     fields_ = {"model": variant.model, "model_args": variant.model_args, "train_args": variant.train_args}
     recipe = method_recipe(recipe_args, variant.model)
     if recipe:
         fields_["recipe"] = recipe
-    key = json.dumps(fields_, sort_keys=True, default=str)
-    return f"{variant.model}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    label = training_label(variant) if readable else ""
+    return "-".join(part for part in (variant.model, label, _digest(fields_)) if part)
+
+
+def _adopt(path: Path, earlier: Path) -> Path:
+    """``path``, after renaming ``earlier`` (the same run or evaluation under an earlier version's
+    name) to it, so that finished work is reused rather than redone."""
+    if not path.exists() and earlier.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        earlier.rename(path)
+    return path
 
 
 def variant_run_dir(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0,
                     recipe_args: dict | None = None, benchmark: str = "synthetic") -> Path:
-    """Where the training run of ``variant`` for one seed lives."""
-    if benchmark != "synthetic":  # ImageNet weights, no pre-training seed
-        return runs_dir() / "ablation" / benchmark / f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}"
-    name = f"{_slug(variant, recipe_args)}-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}"
-    return runs_dir() / "ablation" / name
+    """Where the training run of ``variant`` for one seed lives:
+    ``runs/ablation/<method>-<label>-<digest>-fold<f>-seed<s>-pre<p>`` (see :func:`_slug`)."""
+    def name(readable: bool) -> str:
+        if benchmark != "synthetic":  # ImageNet weights, no pre-training seed
+            return f"{benchmark}/{_slug(variant, recipe_args, readable)}-fold{fold}-seed{seed}"
+        return f"{_slug(variant, recipe_args, readable)}-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}"
+
+    return _adopt(runs_dir() / "ablation" / name(True), runs_dir() / "ablation" / name(False))
 
 
 def results_dir(name: str) -> Path:
@@ -194,9 +239,18 @@ def run_ablation(variants: list[Variant], fold: int = 0, seeds=(0, 1, 2), protoc
 
 def evaluation_path(results: str | Path, variant: Variant, protocol: EvalProtocol, fold: int, seed: int,
                     pretrain_seed: int = 0, recipe_args: dict | None = None) -> Path:
-    """The CSV in which ``run_ablation`` stores (and finds) one evaluation of one training seed."""
-    return Path(results) / (f"{_slug(variant, recipe_args)}-{_eval_key(variant, protocol)}"
-                            f"-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}.csv")
+    """The CSV in which ``run_ablation`` stores (and finds) one evaluation of one training seed:
+    the run's name, what the evaluation changes (test-time switches, protocol overrides) and a
+    digest of the whole protocol."""
+    def name(readable: bool) -> str:
+        evaluation = describe({**variant.eval_args, **variant.protocol_args}) if readable else ""
+        parts = [_slug(variant, recipe_args, readable), evaluation, _eval_key(variant, protocol)]
+        return "-".join(p for p in parts if p) + f"-fold{fold}-seed{seed}-pre{pretrain_seed}{mode_suffix()}.csv"
+
+    path, earlier = Path(results) / name(True), Path(results) / name(False)
+    if not path.exists() and earlier.exists():
+        _adopt(episode_path(path), episode_path(earlier))
+    return _adopt(path, earlier)
 
 
 def episode_path(evaluation: Path) -> Path:
