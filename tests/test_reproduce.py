@@ -1,4 +1,6 @@
 """``reproduce --profile fast`` end to end: every table and figure, reuse of finished work, failures."""
+import re
+
 import pytest
 
 from fsslib.__main__ import main
@@ -64,6 +66,29 @@ def test_a_failed_run_is_reported_and_the_rest_completes(isolated, monkeypatch, 
     out = capsys.readouterr().out
     assert "FAILED Main comparison / ['broken']" in out
     assert "ProtoNet" in (isolated / "results" / "fast" / "tables.md").read_text()
+
+
+def test_the_report_reads_stored_files_and_never_trains_or_loads_a_model(isolated, monkeypatch):
+    from fsslib.experiments import ablation, report
+
+    table = Table("main", "Main comparison", [Variant("ProtoNet", "protonet", {}), Variant("PANet", "panet", {})],
+                  {"PANet": "ProtoNet"})
+    monkeypatch.setattr(reproduce_module, "tables", lambda: [table])
+    reproduce_module.reproduce("fast")
+    written = (isolated / "results" / "fast" / "tables.md").read_text()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the report trained or loaded a model")
+
+    for module in (ablation, report):
+        monkeypatch.setattr(module, "train_variant", forbidden)
+    monkeypatch.setattr(ablation, "evaluate", forbidden)
+    report.write_report(PROFILES["fast"], [table])
+    rewritten = (isolated / "results" / "fast" / "tables.md").read_text()
+    assert rewritten == written
+    protonet_rows = [line for line in written.splitlines() if re.match(r"\| ProtoNet \| [15] \| \d", line)]
+    # parameters and ms/episode come from the measurements stored after training
+    assert protonet_rows and all(re.search(r"\| \d+\.\d\dM \| \d+ \|", line) for line in protonet_rows)
 
 
 def test_the_profile_follows_the_device_and_the_first_line_says_which(isolated, monkeypatch, capsys):
