@@ -135,11 +135,8 @@ from torch import Tensor, nn
 from . import fast
 from .base import ModelConfig
 from .ops import foreground_mask, resize_to
+from .pfenet import RECORD as PFENET
 from .pfenet import (
-    PRIOR_HEAD_BACKBONE,
-    PRIOR_HEAD_TRAINING,
-    PRIOR_SHORTCUT,
-    SHORT_RECIPE_LR,
     PriorGuidedSegmenter,
     PriorShortcut,
     classifier,
@@ -147,7 +144,6 @@ from .pfenet import (
     double_conv,
     masked_high_level,
     no_autocast,
-    published_result,
     pyramid_bins,
     support_prototype,
 )
@@ -412,14 +408,16 @@ RECORD = MethodRecord(
     name="mspf", display_name="MSPF", model_class=MSPF,
     paper="基于多尺度先验信息融合的小样本语义分割 (Few-shot semantic segmentation based on multi-scale "
           "prior information fusion), Chinese journal article; authors and venue are not in the source text",
-    synthetic_model_args={**PRIOR_HEAD_BACKBONE, **PRIOR_SHORTCUT},
-    synthetic_training=PRIOR_HEAD_TRAINING,
+    # PFENet's synthetic recipe (frozen backbone, cached features, the prior shortcut), whose
+    # reasons are in its record, so that MSPF - PFENet compares heads only.
+    synthetic_model_args=PFENET.synthetic_model_args,
+    synthetic_training=PFENET.synthetic_training,
     synthetic_head=SYNTHETIC_HEAD,
-    short_recipe={"lr": SHORT_RECIPE_LR},
+    short_recipe=PFENET.short_recipe,
     real_data_recipe=REAL_DATA_RECIPE,
     bench=BenchSettings("resnet50", 473),
     main_row="MSPF", main_row_args={**SYNTHETIC_HEAD, **PAPER_ABLATIONS["table3_full"]},
-    paper_result=lambda shot: published_result("MSPF", shot),
+    paper_result=lambda shot: PFENET.paper_result(shot, "MSPF"),
     explorer_switches={"multi-scale prior": ("multi_scale_prior",),
                        "multi-scale fusion (off: ASPP)": ("multi_scale_fusion",),
                        "inter-scale connection (prior)": ("prior_connection",),

@@ -451,7 +451,7 @@ class PFENet(PriorGuidedSegmenter):
 
 
 # ---------------------------------------------------------------------- record
-def published_result(method: str, shot: int) -> str:
+def published_result(shot: int, method: str = "PFENet") -> str:
     """The paper's PASCAL-5i mean of ``method`` at ``shot`` shots, or "" when it is not in the published data."""
     entry = published(method).get(f"pascal5i_{shot}shot")
     return f"{entry['mean']:.1f}" if entry else ""
@@ -489,6 +489,6 @@ RECORD = MethodRecord(
     real_data_recipe=REAL_DATA_RECIPE,
     bench=BenchSettings("resnet50", 473, authors_ratios=(10.9, 31.3)),
     main_row="PFENet", main_row_args={"width": 64},
-    paper_result=lambda shot: published_result("PFENet", shot),
+    paper_result=published_result,
     job_cost=1,
 )
