@@ -1,6 +1,6 @@
 """Command line of fsslib; bad input gets one clear line, not a traceback.
 
-    python -m fsslib prepare {synthetic,pascal5i,coco20i,fss1000} [--root DIR] [--pretrain [--fold F]]
+    python -m fsslib prepare {synthetic,pascal5i,coco20i,fss1000} [--root DIR] [--pretrain] [--examples DIR] [--fold F]
     python -m fsslib train EXPERIMENT|CONFIG.json [key=value ...] [--run-dir DIR]
     python -m fsslib eval RUN_DIR [key=value ...]
     python -m fsslib baselines [key=value ...]
@@ -10,6 +10,8 @@
     python -m fsslib doctor [--device cpu|cuda]
     python -m fsslib benchmark-report [--fold F] [--episodes N] [--seeds 0,1,2]
     python -m fsslib factors [--profile fast|default|full|gpu]
+    python -m fsslib segment --support IMG --support-mask MASK|x0,y0,x1,y1 --query IMG [--query IMG ...]
+                             [--run RUN_DIR | --method protonet] --out DIR
 
 ``key=value`` sets a field of the training config (``model_args.scale=10`` a model field) or,
 for ``eval``/``baselines``, of the evaluation protocol (``episodes=500 seeds=0,1 shots=1,5``).
@@ -254,6 +256,38 @@ def command_factors(args) -> None:
     print(f"wrote {csv} and {figure}")
 
 
+def command_segment(args) -> None:
+    from .analysis.segment import (
+        Support,
+        read_image,
+        read_mask,
+        run_segmenter,
+        segment,
+        training_free_segmenter,
+        write_segmentations,
+    )
+
+    if len(args.support) != len(args.support_mask):
+        raise ValueError(f"each --support needs its --support-mask: got {len(args.support)} --support and "
+                         f"{len(args.support_mask)} --support-mask")
+    supports = []
+    for image_path, mask_spec in zip(args.support, args.support_mask):
+        image = read_image(image_path)
+        supports.append(Support(image, read_mask(mask_spec, image.shape[:2], f"support image {image_path}"),
+                                image_path))
+    queries = [read_image(path) for path in args.query]
+    if args.run:
+        segmenter = run_segmenter(args.run, args.size, args.device)
+    else:
+        weights = None if args.weights == "random" else args.weights
+        segmenter = training_free_segmenter(args.backbone, weights, args.fold, args.size, args.device)
+    print(f"{segmenter.description}, {len(supports)}-shot, on {segmenter.device}")
+    results = segment(segmenter, supports, queries, names=args.query)
+    written = write_segmentations(results, args.out)
+    for result, (mask_path, overlay_path) in zip(results, zip(written[::2], written[1::2])):
+        print(f"{result.name}: object {100 * result.object_fraction:.1f}% of the image -> {mask_path}, {overlay_path}")
+
+
 def command_doctor(args) -> int:
     import torch
 
@@ -286,6 +320,13 @@ def command_prepare(args) -> None:
         weights = pretrained_backbone(args.fold, benchmark=args.benchmark, data_root=args.root)
         print(f"pre-trained backbone: {weights}\ntraining loss (per-pixel cross-entropy on the base classes):")
         print(learning_curve(weights.parent).to_string(index=False))
+    if args.examples:
+        from .analysis.segment import write_example
+
+        paths = write_example(source, args.examples, args.fold)
+        print(f"a novel class of fold {args.fold} (class {paths['class_id']}) as plain image files, to try "
+              f"`python -m fsslib segment` on: {paths['support']}, {paths['support_mask']}, "
+              + ", ".join(map(str, paths["queries"])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--root", help="the dataset's folder (default: under $FSSLIB_DATA or ./data)")
     prepare.add_argument("--pretrain", action="store_true", help="also pre-train the fold's backbone now (synthetic "
                          "benchmark; otherwise the first notebook or run that needs it does, 6-8 CPU minutes)")
-    prepare.add_argument("--fold", type=int, default=0, help="fold whose backbone --pretrain trains (default 0)")
+    prepare.add_argument("--fold", type=int, default=0, help="fold whose backbone --pretrain trains and whose novel "
+                         "class --examples writes (default 0)")
+    prepare.add_argument("--examples", metavar="DIR", help="also write a support image, its mask and two queries of "
+                         "a novel class as PNG files into DIR (to try `segment` on)")
     train = commands.add_parser("train", help="train an experiment (or resume a run from its config.json)")
     train.add_argument("config", help="experiment name (e.g. protonet) or a run's config.json")
     train.add_argument("overrides", nargs="*", help="key=value")
@@ -332,6 +376,25 @@ def main(argv: list[str] | None = None) -> int:
                                   "synthetic benchmark records (trains and evaluates what is missing)")
     factors.add_argument("--profile", choices=("fast", "default", "full", "gpu"),
                          help="whose runs and protocol (default: the notebooks' profile, default or fast)")
+    seg = commands.add_parser("segment", help="segment your own query images given support images and their masks "
+                              "or boxes (a trained run, or training-free prototype matching)")
+    seg.add_argument("--support", action="append", required=True, metavar="IMG",
+                     help="a support image (repeat with its --support-mask for more shots)")
+    seg.add_argument("--support-mask", action="append", required=True, metavar="MASK",
+                     help="the support's object: a PNG of the image's size (non-zero = object) or a box x0,y0,x1,y1")
+    seg.add_argument("--query", action="append", required=True, metavar="IMG", help="an image to segment (repeatable)")
+    how = seg.add_mutually_exclusive_group()
+    how.add_argument("--run", metavar="RUN_DIR", help="a finished training run: its method, weights and input size")
+    how.add_argument("--method", choices=("protonet",), default="protonet",
+                     help="training-free: a pre-trained backbone with prototype matching (default)")
+    seg.add_argument("--backbone", default="smallcnn", help="training-free backbone (smallcnn, resnet50, vgg16, ...)")
+    seg.add_argument("--weights", default="synthetic", help="training-free backbone weights: 'synthetic' (the small "
+                     "CNN pre-trained on --fold's base classes), 'imagenet', a checkpoint path, or 'random' (plumbing "
+                     "tests only)")
+    seg.add_argument("--fold", type=int, default=0, help="fold of the synthetic pre-trained backbone (default 0)")
+    seg.add_argument("--size", type=int, help="network input size (default: the run's, else the backbone's)")
+    seg.add_argument("--device", help="cpu or cuda (default: cuda where available)")
+    seg.add_argument("--out", required=True, metavar="DIR", help="folder for <query>-mask.png and <query>-overlay.png")
     doctor = commands.add_parser("doctor", help="check this machine: every method's train -> interrupt -> "
                                  "resume -> evaluate cycle, mixed precision, torch.compile")
     doctor.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -348,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"prepare": command_prepare, "train": command_train, "eval": command_eval,
                 "baselines": command_baselines, "ablation": command_ablation, "bench": command_bench,
                 "collapse": command_collapse, "doctor": command_doctor,
-                "benchmark-report": command_benchmark_report, "factors": command_factors}
+                "benchmark-report": command_benchmark_report, "factors": command_factors,
+                "segment": command_segment}
     try:
         if args.command == "reproduce":
             from .experiments.reproduce import reproduce

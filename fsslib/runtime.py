@@ -18,7 +18,11 @@ def mode_suffix() -> str:
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """The argument, else CUDA when available, else CPU."""
+    """The argument, else CUDA when available, else CPU; asking for CUDA where there is none is an error
+    here, not a failure deep inside the first tensor move."""
     if device is not None:
-        return torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: torch {torch.__version__} sees no CUDA device on this machine")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -49,16 +49,19 @@ def save_figure(fig: plt.Figure, name: str, close: bool = False, folder: Path | 
 def overlay(image: torch.Tensor, mask: torch.Tensor, colours: Sequence = ("red", "deepskyblue", "lime")) -> np.ndarray:
     """A normalised image ``[3, H, W]``: mask values 1..N tinted and outlined, 255 (void) and 254
     (excluded: another way's class, or unlabelled in a weak support) white."""
-    rgb = denormalise(image)
-    mask = mask.cpu().numpy()
+    return tint(denormalise(image), mask.cpu().numpy(), colours)
+
+
+def tint(rgb: np.ndarray, mask: np.ndarray, colours: Sequence = ("red", "deepskyblue", "lime")) -> np.ndarray:
+    """:func:`overlay` of a displayable ``float [H, W, 3]`` image in 0..1 and a mask ``[H, W]``."""
     for value, colour in enumerate(colours, start=1):
-        tint = np.asarray(matplotlib.colors.to_rgb(colour))
+        shade = np.asarray(matplotlib.colors.to_rgb(colour))
         region = mask == value
         inner = region.copy()
         inner[1:-1, 1:-1] = (region[1:-1, 1:-1] & region[:-2, 1:-1] & region[2:, 1:-1]
                              & region[1:-1, :-2] & region[1:-1, 2:])
-        rgb = np.where(region[..., None], 0.5 * rgb + 0.5 * tint, rgb)
-        rgb = np.where((region & ~inner)[..., None], tint, rgb)
+        rgb = np.where(region[..., None], 0.5 * rgb + 0.5 * shade, rgb)
+        rgb = np.where((region & ~inner)[..., None], shade, rgb)
     return np.where(np.isin(mask, (IGNORE, EXCLUDED))[..., None], IGNORE_RGB, rgb)
 
 
