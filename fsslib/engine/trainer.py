@@ -362,7 +362,8 @@ class Trainer:
         started = time.perf_counter()
         last_step = config.steps if stop_after is None else min(config.steps, step + stop_after)
         model.train()
-        bar = tqdm(total=config.steps, initial=step, desc=self.run_dir.name, disable=not progress, leave=False)
+        bar = tqdm(total=config.steps, initial=step, desc=f"{self.run_dir.name} on {self.device}", disable=not progress,
+                   leave=False)
         try:
             while step < last_step:
                 optimizer.zero_grad(set_to_none=True)
