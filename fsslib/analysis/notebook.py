@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+
+#: The repository a clone of fsslib runs from; paths inside it print relative to it.
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 from ..data.sources import data_root
 from ..engine.trainer import runs_dir
 from ..runtime import default_device, fast_mode
@@ -32,9 +35,18 @@ class NotebookSetup:
         mode = "fast mode (FSSLIB_FAST=1: a tiny benchmark and seconds of training)" if self.fast else "default mode"
         return (f"fsslib {__version__}, torch {torch.__version__}\n"
                 f"device: {self.device}{gpu}\n"
-                f"data:   {self.data}\n"
-                f"runs:   {self.runs}\n"
+                f"data:   {shown(self.data)}\n"
+                f"runs:   {shown(self.runs)}\n"
                 f"mode:   {mode}")
+
+
+def shown(path: Path) -> str:
+    """``path`` as a notebook prints it: relative to the repository when inside it (an executed
+    notebook shows the same text on every machine), else in full."""
+    path = Path(path).resolve()
+    if path.is_relative_to(REPOSITORY_ROOT):
+        return f"<repository>/{path.relative_to(REPOSITORY_ROOT).as_posix()}"
+    return str(path)
 
 
 def notebook_setup(data: str | os.PathLike | None = None, runs: str | os.PathLike | None = None,
