@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-
-#: The repository a clone of fsslib runs from; paths inside it print relative to it.
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 from ..data.sources import data_root
 from ..engine.trainer import runs_dir
 from ..runtime import default_device, fast_mode
+
+#: The repository a clone of fsslib runs from; paths inside it print relative to it.
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
