@@ -259,6 +259,7 @@ def command_factors(args) -> None:
 def command_segment(args) -> None:
     from .analysis.segment import (
         Support,
+        iou,
         read_image,
         read_mask,
         run_segmenter,
@@ -276,6 +277,11 @@ def command_segment(args) -> None:
         supports.append(Support(image, read_mask(mask_spec, image.shape[:2], f"support image {image_path}"),
                                 image_path))
     queries = [read_image(path) for path in args.query]
+    if args.query_mask and len(args.query_mask) != len(args.query):
+        raise ValueError(f"--query-mask is optional, but then one per --query: got {len(args.query)} --query and "
+                         f"{len(args.query_mask)} --query-mask")
+    truths = [read_mask(spec, image.shape[:2], f"query image {path}", allow_empty=True)
+              for spec, image, path in zip(args.query_mask or [], queries, args.query)]
     if args.run:
         segmenter = run_segmenter(args.run, args.size, args.device)
     else:
@@ -283,9 +289,12 @@ def command_segment(args) -> None:
         segmenter = training_free_segmenter(args.backbone, weights, args.fold, args.size, args.device)
     print(f"{segmenter.description}, {len(supports)}-shot, on {segmenter.device}")
     results = segment(segmenter, supports, queries, names=args.query)
-    written = write_segmentations(results, args.out)
-    for result, (mask_path, overlay_path) in zip(results, zip(written[::2], written[1::2])):
+    written = write_segmentations(results, args.out, supports)
+    for result, (mask_path, overlay_path) in zip(results, zip(written[:-1:2], written[1:-1:2])):
         print(f"{result.name}: object {100 * result.object_fraction:.1f}% of the image -> {mask_path}, {overlay_path}")
+    for result, truth in zip(results, truths):
+        print(f"{result.name}: IoU with its true mask {iou(result.mask, truth):.2f}")
+    print(f"supports and overlays side by side: {written[-1]}")
 
 
 def command_doctor(args) -> int:
@@ -326,7 +335,8 @@ def command_prepare(args) -> None:
         paths = write_example(source, args.examples, args.fold)
         print(f"a novel class of fold {args.fold} (class {paths['class_id']}) as plain image files, to try "
               f"`python -m fsslib segment` on: {paths['support']}, {paths['support_mask']}, "
-              + ", ".join(map(str, paths["queries"])))
+              + ", ".join(map(str, paths["queries"])) + "; the queries' true masks: "
+              + ", ".join(map(str, paths["query_truths"])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--support-mask", action="append", required=True, metavar="MASK",
                      help="the support's object: a PNG of the image's size (non-zero = object) or a box x0,y0,x1,y1")
     seg.add_argument("--query", action="append", required=True, metavar="IMG", help="an image to segment (repeatable)")
+    seg.add_argument("--query-mask", action="append", metavar="MASK", help="optional: the true mask of each --query "
+                     "(in order), to print the prediction's IoU")
     how = seg.add_mutually_exclusive_group()
     how.add_argument("--run", metavar="RUN_DIR", help="a finished training run: its method, weights and input size")
     how.add_argument("--method", choices=("protonet",), default="protonet",

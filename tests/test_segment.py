@@ -64,6 +64,7 @@ def test_masks_are_checked_against_their_image(tmp_path):
         read_mask(tmp_path / "full.png", (8, 8))
     with pytest.raises(ValueError, match=r"wide.png: 9x8 pixels, but the support image is 8x8"):
         read_mask(tmp_path / "wide.png", (8, 8))
+    assert not read_mask(tmp_path / "empty.png", (8, 8), allow_empty=True).any()  # a query's truth may be empty
     with pytest.raises(FileNotFoundError, match="nothing.png: no such file .*box x0,y0,x1,y1"):
         read_mask(tmp_path / "nothing.png", (8, 8))
 
@@ -114,6 +115,8 @@ def test_cli_writes_a_mask_and_an_overlay_per_query(example, tmp_path, capsys):
         assert mask.shape == read_image(query).shape[:2] and set(np.unique(mask)) <= {0, 255}
         assert overlay.shape == read_image(query).shape
         assert f"{query}: object" in printed
+    panel = np.asarray(Image.open(out / "overview.png"))
+    assert panel.shape[0] == 160 and panel.shape[1] == 3 * 160 + 2 * 8  # support, two queries (square images)
 
 
 def test_cli_takes_a_box_and_two_shots(example, tmp_path):
@@ -162,5 +165,11 @@ def test_prepare_writes_example_files_that_segment_reads(synthetic_source, tmp_p
     assert main(["prepare", "synthetic", "--examples", str(tmp_path / "ex")]) == 0
     assert "as plain image files" in capsys.readouterr().out
     argv = ["segment", "--support", str(tmp_path / "ex/support.png"), "--support-mask", str(tmp_path / "ex/support-mask.png"),
-            "--query", str(tmp_path / "ex/query-1.png"), "--weights", "random", "--out", str(tmp_path / "out")]
+            "--query", str(tmp_path / "ex/query-1.png"), "--query-mask", str(tmp_path / "ex/query-1-truth.png"),
+            "--weights", "random", "--out", str(tmp_path / "out")]
     assert main(argv) == 0 and (tmp_path / "out/query-1-mask.png").exists()
+    printed = capsys.readouterr().out
+    predicted = np.asarray(Image.open(tmp_path / "out/query-1-mask.png")) > 0
+    truth = np.asarray(Image.open(tmp_path / "ex/query-1-truth.png")) > 0
+    expected = (predicted & truth).sum() / (predicted | truth).sum()
+    assert f"IoU with its true mask {expected:.2f}" in printed

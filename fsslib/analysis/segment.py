@@ -111,9 +111,10 @@ def box_mask(box: tuple[int, int, int, int], shape: tuple[int, int], name: str =
 
 
 def read_mask(spec: str | Path | np.ndarray, image_shape: tuple[int, int],
-              name: str = "the support image") -> np.ndarray:
+              name: str = "the support image", allow_empty: bool = False) -> np.ndarray:
     """The object mask ``bool [H, W]`` of a support from a PNG path (non-zero = object), a box
-    string ``"x0,y0,x1,y1"`` or an array; checked against its image's ``(H, W)``."""
+    string ``"x0,y0,x1,y1"`` or an array; checked against its image's ``(H, W)``. A support's
+    mask needs object and background pixels; a query's true mask (``allow_empty``) may have none."""
     label = spec if isinstance(spec, np.ndarray) else str(spec)
     if isinstance(spec, np.ndarray):
         mask = spec != 0
@@ -122,7 +123,7 @@ def read_mask(spec: str | Path | np.ndarray, image_shape: tuple[int, int],
     else:
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"support mask {path}: no such file (a mask is a PNG file or a box x0,y0,x1,y1)")
+            raise FileNotFoundError(f"mask {path}: no such file (a mask is a PNG file or a box x0,y0,x1,y1)")
         try:
             with Image.open(path) as image:
                 values = np.asarray(image.convert("RGB") if image.mode in ("RGBA", "LA", "CMYK", "YCbCr") else image)
@@ -133,6 +134,8 @@ def read_mask(spec: str | Path | np.ndarray, image_shape: tuple[int, int],
     if mask.shape != tuple(image_shape):
         raise ValueError(f"support mask {label}: {mask.shape[1]}x{mask.shape[0]} pixels, but {name} is "
                          f"{image_shape[1]}x{image_shape[0]}; a mask must have its image's size")
+    if allow_empty:
+        return mask
     if not mask.any():
         raise ValueError(f"support mask {label} marks no object pixel in {name}: mark the object (non-zero pixels "
                          "or a box around it)")
@@ -217,8 +220,20 @@ def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (tint(image.astype(np.float64) / 255, mask.astype(np.int64)) * 255).round().astype(np.uint8)
 
 
-def write_segmentations(results: list[Segmentation], out: str | Path) -> list[Path]:
-    """``<name>-mask.png`` (255 = object) and ``<name>-overlay.png`` per query under ``out``."""
+def overview(supports: list[Support], results: list[Segmentation], height: int = 160) -> np.ndarray:
+    """``uint8 [height, W, 3]``: the supports with their marked object, then each query's overlay,
+    side by side at one height with a white gap between them."""
+    panels = [overlay_image(s.image, s.mask) for s in supports] + [overlay_image(r.image, r.mask) for r in results]
+    resized = [np.asarray(Image.fromarray(p).resize((max(1, round(p.shape[1] * height / p.shape[0])), height)))
+               for p in panels]
+    gap = np.full((height, 8, 3), 255, dtype=np.uint8)
+    return np.concatenate([x for panel in resized for x in (panel, gap)][:-1], axis=1)
+
+
+def write_segmentations(results: list[Segmentation], out: str | Path,
+                        supports: list[Support] | None = None) -> list[Path]:
+    """``<name>-mask.png`` (255 = object) and ``<name>-overlay.png`` per query under ``out``, and
+    with ``supports`` an ``overview.png`` (:func:`overview`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = [Path(r.name).stem for r in results]
@@ -230,13 +245,17 @@ def write_segmentations(results: list[Segmentation], out: str | Path) -> list[Pa
         Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
         Image.fromarray(overlay_image(result.image, result.mask)).save(overlay_path)
         written += [mask_path, overlay_path]
+    if supports:
+        Image.fromarray(overview(supports, results)).save(out / "overview.png")
+        written.append(out / "overview.png")
     return written
 
 
 def write_example(source, folder: str | Path, fold: int = 0, queries: int = 2, choice: int = 0) -> dict:
     """Write a novel-class example of ``source`` as plain image files, as a user's own would be:
-    ``support.png``, ``support-mask.png`` (255 = object) and ``query-1.png``... Returns their paths
-    (``support``, ``support_mask``, ``queries``) and the class id (``class_id``).
+    ``support.png``, ``support-mask.png`` (255 = object), ``query-1.png``... and the queries' true
+    masks ``query-1-truth.png``... Returns their paths (``support``, ``support_mask``, ``queries``,
+    ``query_truths``) and the class id (``class_id``).
 
     The class is the ``choice``-th novel class of ``fold`` with enough images; the support is its
     first image, the queries the next ones.
@@ -255,9 +274,17 @@ def write_example(source, folder: str | Path, fold: int = 0, queries: int = 2, c
     paths = {"support": folder / "support.png", "support_mask": folder / "support-mask.png", "class_id": class_id}
     Image.fromarray(image).save(paths["support"])
     Image.fromarray((label == class_id).astype(np.uint8) * 255).save(paths["support_mask"])
-    paths["queries"] = []
+    paths["queries"], paths["query_truths"] = [], []
     for i, stem in enumerate(stems[1:], start=1):
-        path = folder / f"query-{i}.png"
-        Image.fromarray(source.load(stem)[0]).save(path)
-        paths["queries"].append(path)
+        image, label = source.load(stem)
+        paths["queries"].append(folder / f"query-{i}.png")
+        paths["query_truths"].append(folder / f"query-{i}-truth.png")
+        Image.fromarray(image).save(paths["queries"][-1])
+        Image.fromarray((label == class_id).astype(np.uint8) * 255).save(paths["query_truths"][-1])
     return paths
+
+
+def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of one image (1.0 when both are empty)."""
+    union = (prediction | truth).sum()
+    return float((prediction & truth).sum() / union) if union else 1.0
