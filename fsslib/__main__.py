@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .data import DatasetError
 from .engine.trainer import RunInUse
+from .models.registry import REFERENCE_METHOD
 
 
 def parse_value(text: str):
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                      "(in order), to print the prediction's IoU")
     how = seg.add_mutually_exclusive_group()
     how.add_argument("--run", metavar="RUN_DIR", help="a finished training run: its method, weights and input size")
-    how.add_argument("--method", choices=("protonet",), default="protonet",
+    how.add_argument("--method", choices=(REFERENCE_METHOD,), default=REFERENCE_METHOD,
                      help="training-free: a pre-trained backbone with prototype matching (default)")
     seg.add_argument("--backbone", default="smallcnn", help="training-free backbone (smallcnn, resnet50, vgg16, ...)")
     seg.add_argument("--weights", default="synthetic", help="training-free backbone weights: 'synthetic' (the small "

@@ -35,6 +35,7 @@ from ..engine.episodic import load_run
 from ..models import build_model
 from ..models.base import FewShotSegmenter
 from ..models.ops import hard_labels
+from ..models.registry import REFERENCE_METHOD
 from ..runtime import default_device
 from .plotting import tint
 
@@ -162,7 +163,8 @@ def training_free_segmenter(backbone: str = "smallcnn", weights: str | Path | No
 
         weights = str(pretrained_backbone(fold))
         described = f"pre-trained on fold {fold}'s base classes of the synthetic benchmark"
-    model = build_model("protonet", backbone=backbone, weights=None if weights is None else str(weights))
+    # The reference method is the prototype baseline: masked average pooling and cosine, nothing learned.
+    model = build_model(REFERENCE_METHOD, backbone=backbone, weights=None if weights is None else str(weights))
     device = default_device(device)
     size = image_size or TRAINING_FREE_SIZES.get(backbone, 473)
     text = f"training-free ProtoNet on {backbone} ({'random weights' if weights is None else described}), {size}px"
