@@ -291,11 +291,11 @@ def command_segment(args) -> None:
     print(f"{segmenter.description}, {len(supports)}-shot, on {segmenter.device}")
     results = segment(segmenter, supports, queries, names=args.query)
     written = write_segmentations(results, args.out, supports)
-    for result, (mask_path, overlay_path) in zip(results, zip(written[:-1:2], written[1:-1:2])):
+    for result, mask_path, overlay_path in zip(results, written["masks"], written["overlays"]):
         print(f"{result.name}: object {100 * result.object_fraction:.1f}% of the image -> {mask_path}, {overlay_path}")
     for result, truth in zip(results, truths):
         print(f"{result.name}: IoU with its true mask {iou(result.mask, truth):.2f}")
-    print(f"supports and overlays side by side: {written[-1]}")
+    print(f"supports and overlays side by side: {written['overview']}")
 
 
 def command_doctor(args) -> int:

@@ -56,5 +56,6 @@ def test_wrong_shapes_dtypes_and_errors_are_named(capsys):
 
 def test_a_missing_eps_shows_as_nan():
     pooling = EXERCISES["PAR reverse step"]
-    problem = pooling._first_problem(lambda q, logits, s: torch.full((q.shape[0], s.shape[1], 2, *q.shape[-2:]), float("nan")))
+    problem = pooling._first_problem(lambda q, logits, s: torch.full((q.shape[0], s.shape[1], 2, *q.shape[-2:]), float("nan")),
+                                     pooling.cases())
     assert "NaN" in problem

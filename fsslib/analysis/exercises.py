@@ -41,17 +41,18 @@ class Exercise:
 
     def check(self, student: Callable, must_pass: bool = False) -> bool:
         """Compare ``student`` with the reference on every case; print the verdict (raise with ``must_pass``)."""
-        problem = self._first_problem(student)
+        cases = self.cases()
+        problem = self._first_problem(student, cases)
         if problem is None:
-            print(f"{self.name}: correct on all {len(self.cases())} cases")
+            print(f"{self.name}: correct on all {len(cases)} cases")
             return True
         if must_pass:
             raise ExerciseFailed(f"{self.name}: {problem}")
         print(f"{self.name}: {problem}")
         return False
 
-    def _first_problem(self, student: Callable) -> str | None:
-        for i, case in enumerate(self.cases()):
+    def _first_problem(self, student: Callable, cases: list[tuple]) -> str | None:
+        for i, case in enumerate(cases):
             shapes = ", ".join(_shape(a) for a in case)
             try:
                 got = student(*case)

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data import DEFAULT_SIZES, eval_transform
 from ..engine.episodic import load_run
+from ..engine.evaluator import episode_iou
 from ..models import build_model
 from ..models.base import FewShotSegmenter
 from ..models.ops import hard_labels
@@ -116,7 +117,7 @@ def read_mask(spec: str | Path | np.ndarray, image_shape: tuple[int, int],
     """The object mask ``bool [H, W]`` of a support from a PNG path (non-zero = object), a box
     string ``"x0,y0,x1,y1"`` or an array; checked against its image's ``(H, W)``. A support's
     mask needs object and background pixels; a query's true mask (``allow_empty``) may have none."""
-    label = spec if isinstance(spec, np.ndarray) else str(spec)
+    label = "given as an array" if isinstance(spec, np.ndarray) else str(spec)
     if isinstance(spec, np.ndarray):
         mask = spec != 0
     elif parse_box(str(spec)) is not None:
@@ -233,23 +234,24 @@ def overview(supports: list[Support], results: list[Segmentation], height: int =
 
 
 def write_segmentations(results: list[Segmentation], out: str | Path,
-                        supports: list[Support] | None = None) -> list[Path]:
-    """``<name>-mask.png`` (255 = object) and ``<name>-overlay.png`` per query under ``out``, and
-    with ``supports`` an ``overview.png`` (:func:`overview`)."""
+                        supports: list[Support] | None = None) -> dict:
+    """Write ``<name>-mask.png`` (255 = object) and ``<name>-overlay.png`` per query under ``out``,
+    and with ``supports`` an ``overview.png`` (:func:`overview`); returns their paths
+    (``masks``, ``overlays``: one per query; ``overview``: a path or None)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = [Path(r.name).stem for r in results]
-    written = []
+    written = {"masks": [], "overlays": [], "overview": None}
     for i, (result, stem) in enumerate(zip(results, stems)):
         if stems.count(stem) > 1:  # two queries of the same name from different folders
             stem = f"{stem}-{i}"
-        mask_path, overlay_path = out / f"{stem}-mask.png", out / f"{stem}-overlay.png"
-        Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
-        Image.fromarray(overlay_image(result.image, result.mask)).save(overlay_path)
-        written += [mask_path, overlay_path]
+        written["masks"].append(out / f"{stem}-mask.png")
+        written["overlays"].append(out / f"{stem}-overlay.png")
+        Image.fromarray(result.mask.astype(np.uint8) * 255).save(written["masks"][-1])
+        Image.fromarray(overlay_image(result.image, result.mask)).save(written["overlays"][-1])
     if supports:
-        Image.fromarray(overview(supports, results)).save(out / "overview.png")
-        written.append(out / "overview.png")
+        written["overview"] = out / "overview.png"
+        Image.fromarray(overview(supports, results)).save(written["overview"])
     return written
 
 
@@ -287,6 +289,7 @@ def write_example(source, folder: str | Path, fold: int = 0, queries: int = 2, c
 
 
 def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union of two boolean masks of one image (1.0 when both are empty)."""
-    union = (prediction | truth).sum()
-    return float((prediction & truth).sum() / union) if union else 1.0
+    """Foreground IoU of one predicted mask against its true mask, both ``bool [H, W]`` (the
+    evaluator's per-episode IoU, as a fraction)."""
+    as_labels = [torch.from_numpy(np.asarray(m, dtype=np.int64))[None] for m in (prediction, truth)]
+    return float(episode_iou(*as_labels)[0]) / 100
