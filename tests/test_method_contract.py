@@ -10,7 +10,7 @@ import torch
 from fsslib.models import EXCLUDED, METHODS, build_model
 
 SMALL = {"pfenet": {"width": 16}, "mspf": {"width": 16}, "msdnet": {}}
-BINARY_ONLY = {"ssp", "pfenet", "mspf", "msdnet"}
+BINARY_ONLY = {"ssp", "pfenet", "mspf", "msdnet", "finetune", "fomaml"}
 
 
 @pytest.fixture(autouse=True)

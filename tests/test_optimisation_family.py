@@ -1,9 +1,20 @@
-"""The optimisation family (not yet registered): fine-tuning and first-order MAML heads."""
+"""The optimisation family: fine-tuning and first-order MAML, as heads and through the engine."""
+import pytest
 import torch
 import torch.nn.functional as F
 
+from fsslib.engine.episodic import load_run, train_fewshot
+from fsslib.engine.protocol import EvalProtocol, evaluate
+from fsslib.engine.statistics import per_seed
+from fsslib.engine.trainer import TrainConfig
+from fsslib.experiments.ablation import Variant, train_config
+from fsslib.experiments.configs import experiment
+from fsslib.experiments.profiles import PROFILES
+from fsslib.models import build_model
+from fsslib.models.finetune import RECORD as FINETUNE
 from fsslib.models.finetune import FineTune, FineTuneConfig, gradient_steps, linear_logits, support_loss
 from fsslib.models.fomaml import FOMAML, FOMAMLConfig, head_logits
+from fsslib.models.fomaml import RECORD as FOMAML_RECORD
 
 
 def episode(shot=1, channels=4, size=6, seed=0):
@@ -77,3 +88,64 @@ def test_anil_adapts_the_last_layer_only():
     assert set(model.initialisation()) == {"hidden.weight", "hidden.bias", "classifier.weight", "classifier.bias"}
     params = {k: v.detach() for k, v in model.initialisation().items()}
     assert head_logits(params, torch.randn(2, model.backbone.out_channels["layer4"], 5, 5)).shape == (2, 2, 5, 5)
+
+
+def test_both_are_registered_methods_of_the_optimisation_family():
+    assert isinstance(build_model(FINETUNE.name), FineTune) and isinstance(build_model(FOMAML_RECORD.name), FOMAML)
+    assert FINETUNE.family == FOMAML_RECORD.family == "optimisation"
+    with pytest.raises(ValueError, match="inner_step"):
+        build_model(FOMAML_RECORD.name, inner_step=3)  # a misspelt field is named
+
+
+@pytest.mark.parametrize("profile", ["fast", "default", "full"])
+def test_fine_tuning_never_trains_on_episodes_whatever_the_profile(profile, monkeypatch, tmp_path):
+    monkeypatch.setenv("FSSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr("fsslib.experiments.configs.pretrained_backbone", lambda fold, seed: tmp_path / "backbone.pt")
+    if profile == "fast":
+        monkeypatch.setenv("FSSLIB_FAST", "1")
+    config = train_config(Variant("ft", FINETUNE.name), 0, 0, recipe_args=PROFILES[profile].recipe)
+    assert config.steps == 0 and config.model_args["frozen_stages"] == "all"
+    assert experiment(FINETUNE.name).steps == 0
+    fomaml = train_config(Variant("maml", FOMAML_RECORD.name), 0, 0, recipe_args=PROFILES[profile].recipe)
+    assert fomaml.steps > 0
+
+
+def test_a_run_of_zero_steps_stores_the_initial_weights_and_loads(synthetic_source, tmp_path, single_thread):
+    config = TrainConfig(model=FINETUNE.name, steps=0, batch_size=2, image_size=64, seed=3)
+    model = train_fewshot(config, tmp_path / "run", progress=False, source=synthetic_source)
+    assert (tmp_path / "run" / "model.pt").exists() and not (tmp_path / "run" / "log.csv").exists()
+    loaded, stored = load_run(tmp_path / "run")
+    assert stored == config
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("method", [FINETUNE.name, FOMAML_RECORD.name])
+def test_the_evaluator_adapts_inside_inference_mode(method, synthetic_source, single_thread):
+    # The evaluator computes features under torch.inference_mode; the heads' gradient steps must
+    # still run there, and give the same prediction as a plain forward under no_grad.
+    torch.manual_seed(0)
+    model = build_model(method, **({"width": 8} if method == FOMAML_RECORD.name else {})).eval()
+    rows = evaluate(model, synthetic_source, 0, EvalProtocol(episodes=4, seeds=(0,), shots=(1, 2), image_size=64),
+                    method=method)
+    assert per_seed(rows)["miou"].between(0, 100).all()
+    query, support, masks = episode(channels=model.backbone.out_channels["layer4"])
+    features = ({"layer4": query}, {"layer4": support}, masks, 1, (12, 12))
+    with torch.no_grad():
+        plain = model.head(*features)["logits"]
+    with torch.inference_mode():
+        inference = model.head(*[{k: v.clone() for k, v in f.items()} if isinstance(f, dict) else f
+                                 for f in features])["logits"]
+    torch.testing.assert_close(plain, inference)
+
+
+def test_fomaml_with_no_inner_step_predicts_with_its_initialisation():
+    torch.manual_seed(0)
+    model = FOMAML(FOMAMLConfig(width=8, inner_steps=0)).eval()
+    query, support, masks = episode(channels=model.backbone.out_channels["layer4"])
+    with torch.no_grad():
+        out = model.head({"layer4": query}, {"layer4": support}, masks, 1, (6, 6))
+        theta = {k: v.detach() for k, v in model.initialisation().items()}
+        expected = head_logits(theta, F.normalize(query, dim=1))
+    torch.testing.assert_close(out["logits"], expected)
+    assert torch.equal(out["support_loss"][0, 0], out["support_loss"][0, 1])  # nothing moved

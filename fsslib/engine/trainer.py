@@ -56,6 +56,7 @@ class TrainConfig:
     #: Train the head on features computed once per image (needs a fully frozen backbone, BatchNorm
     #: included, and augment=False); see engine.feature_cache.
     cache_features: bool = False
+    #: 0: no training (a method without episodic training, such as the fine-tuning baseline).
     steps: int = 1000
     batch_size: int = 8
     optimizer: str = "adamw"  # or "sgd"
@@ -88,7 +89,7 @@ class TrainConfig:
 
     #: Inclusive ``(low, high)`` bounds of numeric fields (``None``: unbounded); ``fold`` and
     #: ``way`` get theirs from the benchmark in ``__post_init__``.
-    _BOUNDS = {"shot": (1, None), "way": (1, None), "steps": (1, None), "batch_size": (1, None),
+    _BOUNDS = {"shot": (1, None), "way": (1, None), "steps": (0, None), "batch_size": (1, None),
                "step_size": (0, None), "warmup_steps": (0, None), "accumulate": (1, None), "seed": (0, None),
                "num_workers": (0, None), "log_every": (1, None), "checkpoint_every": (1, None),
                "image_size": (1, None), "weight_decay": (0, None), "momentum": (0, 1)}
@@ -312,6 +313,11 @@ class Trainer:
         distributed.barrier()
         if self.finished:
             return self._load_finished()
+        if self.config.steps == 0:  # a method without episodic training: the run is its initial weights
+            if distributed.is_main():
+                _atomic_save(self.model.state_dict(), self.run_dir / "model.pt")
+            distributed.barrier()
+            return self.model.to(self.device)
         with RunLock(self.run_dir) if distributed.is_main() else contextlib.nullcontext():
             return self._fit(progress and distributed.is_main(), stop_after)
 

@@ -136,7 +136,7 @@ def train_config(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0,
                  benchmark: str = "synthetic", source=None) -> TrainConfig:
     """The TrainConfig of ``variant``: the benchmark's recipe, then ``recipe_args`` (a profile's
     changes, see :func:`method_recipe`; their ``model_args`` are merged into the model's), then
-    the variant's ``train_args``."""
+    the variant's ``train_args``. A method without episodic training keeps 0 steps."""
     if benchmark == "synthetic":
         config = synthetic_recipe(variant.model, fold=fold, seed=seed, pretrain_seed=pretrain_seed,
                                   **variant.model_args)
@@ -144,6 +144,8 @@ def train_config(variant: Variant, fold: int, seed: int, pretrain_seed: int = 0,
         config = real_data_recipe(variant.model, benchmark, fold=fold, seed=seed, source=source, **variant.model_args)
     recipe = method_recipe(recipe_args, variant.model)
     model_args = {**config.model_args, **recipe.pop("model_args", {})}
+    if not method_record(variant.model).episodic_training:  # a profile's step count does not apply
+        recipe["steps"] = 0
     return replace(config, **recipe, **variant.train_args, model_args=model_args)
 
 

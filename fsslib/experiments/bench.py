@@ -286,11 +286,12 @@ def _synthetic_batch(episodes: int, size: int = 128) -> dict:
 
 
 def training_rows(methods=METHODS, steps: int = 5, device=None):
-    """``[(method, seconds per step, peak bytes, cached features?, learnable parameters)]``."""
+    """``[(method, seconds per step, peak bytes, cached features?, learnable parameters)]`` of the
+    methods of ``methods`` that train on episodes."""
     device = str(default_device(device))
     context = multiprocessing.get_context("spawn")
     rows = []
-    for method in methods:
+    for method in (m for m in methods if method_record(m).episodic_training):
         queue = context.Queue()
         process = context.Process(target=_train_step_worker, args=(method, device, steps, queue))
         process.start()

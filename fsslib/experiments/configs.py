@@ -26,10 +26,14 @@ def synthetic_model_args(model: str) -> dict:
 
 
 def synthetic_recipe(model: str, fold: int = 0, seed: int = 0, pretrain_seed: int = 0, **model_args) -> TrainConfig:
-    """AdamW 5e-4 with a cosine schedule, 1000 steps x 8 one-shot episodes, from the pre-trained backbone."""
+    """AdamW 5e-4 with a cosine schedule, 1000 steps x 8 one-shot episodes, from the pre-trained backbone
+    (0 steps for a method without episodic training)."""
     weights = pretrained_backbone(fold, pretrain_seed)
     steps, batch = (6, 2) if fast_mode() else (1000, 8)
-    model_args = {**synthetic_model_args(model), "weights": str(weights), **model_args}
+    if not method_record(model).episodic_training:
+        steps = 0
+    # A record may set its own weights (none: DINOv2's row, which the synthetic tables leave out).
+    model_args = {"weights": str(weights), **synthetic_model_args(model), **model_args}
     return TrainConfig(model=model, model_args=model_args,
                        benchmark="synthetic", fold=fold, seed=seed, steps=steps, batch_size=batch, lr=5e-4,
                        schedule="cosine", checkpoint_every=max(steps // 5, 1), log_every=max(steps // 50, 1),
@@ -90,6 +94,8 @@ def real_data_recipe(model: str, benchmark: str, fold: int = 0, seed: int = 0, s
     elif epochs is not None:
         pairs = training_queries(source or build_source(benchmark), fold)
         recipe["steps"] = math.ceil(epochs * pairs / recipe["batch_size"])
+    if not method_record(model).episodic_training:
+        recipe["steps"] = 0
     steps = recipe["steps"]
     return TrainConfig(model=model, benchmark=benchmark, fold=fold, seed=seed,
                        checkpoint_every=max(steps // 20, 1), log_every=max(steps // 200, 1), **recipe)

@@ -7,6 +7,9 @@ threads, then runs every method's tiny cycle on a tiny synthetic benchmark in a 
     train 4 steps straight; train 2 steps and stop (an interruption); resume to 4 steps;
     the resumed weights must equal the straight run's; evaluate on a few test episodes.
 
+A method without episodic training (the fine-tuning baseline) has runs of 0 steps: the check
+stores and reloads its run, then evaluates it (its adaptation runs inside the evaluation).
+
 Methods whose backbone is frozen entirely (PFENet, MSPF, MSDNet) run the cycle twice, on images
 and on cached features. Then mixed precision (where the trainer uses it: CUDA) and
 ``torch.compile`` (inductor). One line per check, PASS or FAIL with the error; a failure does not
@@ -80,7 +83,7 @@ def _temporary_runs(folder: Path):
 def tiny_config(method: str, device: torch.device, cached: bool = False, **overrides):
     """The synthetic recipe's model settings for ``method`` (random small CNN), a narrow head, 4 steps."""
     from ..engine.trainer import TrainConfig
-    from ..models.registry import config_fields
+    from ..models.registry import config_fields, method_record
     from .configs import synthetic_model_args
 
     model_args = {**synthetic_model_args(method), "weights": None}
@@ -88,7 +91,8 @@ def tiny_config(method: str, device: torch.device, cached: bool = False, **overr
         model_args["width"] = 16
     if cached:
         model_args.update(frozen_stages="all", freeze_bn=True)
-    values = dict(model=method, model_args=model_args, steps=STEPS, batch_size=BATCH, image_size=IMAGE_SIZE,
+    steps = STEPS if method_record(method).episodic_training else 0
+    values = dict(model=method, model_args=model_args, steps=steps, batch_size=BATCH, image_size=IMAGE_SIZE,
                   checkpoint_every=2, log_every=1, lr=1e-3, amp=False, device=str(device),
                   cache_features=cached, augment=not cached)
     return TrainConfig(**{**values, **overrides})
@@ -101,10 +105,11 @@ def train_resume_evaluate(config, source, folder: Path) -> str:
     from ..engine.statistics import per_seed
 
     straight = train_fewshot(config, folder / "straight", progress=False, source=source)
-    train_fewshot(config, folder / "resumed", progress=False, stop_after=STEPS // 2, source=source)
-    if not (folder / "resumed" / "checkpoint.pt").exists():
-        raise RuntimeError("the interrupted run left no checkpoint")
-    resumed = train_fewshot(config, folder / "resumed", progress=False, source=source)
+    if config.steps:
+        train_fewshot(config, folder / "resumed", progress=False, stop_after=config.steps // 2, source=source)
+        if not (folder / "resumed" / "checkpoint.pt").exists():
+            raise RuntimeError("the interrupted run left no checkpoint")
+    resumed = train_fewshot(config, folder / "resumed", progress=False, source=source)  # 0 steps: loaded
     exact = torch.device(config.device).type == "cpu"
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         same = torch.equal(a, b) if exact or not a.is_floating_point() else torch.allclose(a, b, atol=1e-4, rtol=1e-4)

@@ -92,10 +92,11 @@ def _model_device(model) -> torch.device:
 
 
 @torch.inference_mode()
-def ms_per_episode(model, pool: EpisodePool, size: int, repeats: int = 5) -> float:
-    """Median wall time of one 1-shot episode (backbone included) on the model's device."""
+def ms_per_episode(model, pool: EpisodePool, size: int, repeats: int = 5, shot: int = 1) -> float:
+    """Median wall time of one ``shot``-shot episode (backbone included) on the model's device."""
     device = _model_device(model)
-    batch = collate_episodes([EpisodeDataset(pool, eval_transform(size), episodes=sample_episodes(pool, 1, shot=1))[0]])
+    episodes = sample_episodes(pool, 1, shot=shot)
+    batch = collate_episodes([EpisodeDataset(pool, eval_transform(size), shot=shot, episodes=episodes)[0]])
     batch = to_device(batch, device)
     model = model.eval()
 
@@ -355,7 +356,7 @@ def write_report(profile, tables: list) -> Path:
 
     scores = pd.concat(scores, ignore_index=True).drop_duplicates(["method", "fold", "shot", "train_seed"])
     parts += ["", "## Collapse check", "", collapse_check(scores, PROTONET.name)]
-    card = scorecard(rows_by_table)
+    card = scorecard(rows_by_table, profile.benchmark)
     card.round(3).to_csv(root / "claims.csv", index=False)
     parts += ["", "## Claims scorecard", "",
               "Each claim of the method papers, its effect in the paper and ours (row minus "

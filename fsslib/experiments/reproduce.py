@@ -68,7 +68,7 @@ def stored_or_computed(keys: list[str], profile: Profile, recompute: bool = Fals
     """IoU rows of the tables ``keys``: the stored ones unless ``recompute`` (or none are stored),
     else trained and evaluated here, with the profile's recipe and protocol (and reused afterwards).
     Says which it did and what recomputing costs."""
-    chosen = [t for t in tables() if t.key in keys]
+    chosen = [t for t in tables(profile.benchmark) if t.key in keys]
     runs = {(_slug(v, profile.recipe), seed, fold) for t in chosen for v in t.variants if not v.trained_as
             for seed in profile.seeds for fold in profile.folds}
     stored = None if recompute else [stored_rows(key, profile) for key in keys]
@@ -100,7 +100,7 @@ class Job:
 
 def plan_jobs(profile: Profile) -> list[Job]:
     by_key: dict[tuple, Job] = {}
-    for table in tables():
+    for table in tables(profile.benchmark):
         names = {v.name: v for v in table.variants}
         for variant in table.variants:
             trained = names[variant.trained_as] if variant.trained_as else variant
@@ -120,7 +120,7 @@ def run_job(job: Job, profile: Profile) -> list[str]:
     torch.set_num_threads(1)
     if profile.name == "fast":
         os.environ["FSSLIB_FAST"] = "1"
-    by_key = {t.key: t for t in tables()}
+    by_key = {t.key: t for t in tables(profile.benchmark)}
     failures = []
     for table_key, names in job.rows.items():
         table = by_key[table_key]
@@ -218,7 +218,7 @@ def reproduce(profile_name: str | None = None, jobs: int | None = None) -> list[
     failures = run_jobs(planned, profile, jobs if jobs is not None else profile.jobs)
     print(f"training and evaluation done ({time.perf_counter() - start:.0f} s)")
 
-    listed = tables()
+    listed = tables(profile.benchmark)
     main = next((t for t in listed if t.key == "main"), None)
     if main is not None:
         measure_main_rows(profile, source, main)

@@ -12,10 +12,37 @@ layer3  pool3, conv4_x: 512/8             layer3 (dilation 2): 1024/8  2 convs: 
 layer4  pool4 (stride 1), conv5_x: 512/8  layer4 (dilation 4): 2048/8  2 convs (dilation 2): 256/8
 ======  ================================  ===========================  ===========================
 
-All backbones end at output stride 8, as the FSS papers use them. The torchvision networks keep
-their torchvision submodule names, so a :class:`Backbone`'s state dict is the torchvision
+All built-in backbones end at output stride 8, as the FSS papers use them. The torchvision networks
+keep their torchvision submodule names, so a :class:`Backbone`'s state dict is the torchvision
 classification network's state dict minus the classifier, and a stage is a list of submodule
 paths rather than a re-packed ``nn.Sequential``.
+
+timm backbones: ``"timm:<model name>"``
+---------------------------------------
+
+Any ``timm`` model name (``"timm:resnet50"``, ``"timm:convnext_tiny"``,
+``"timm:vit_small_patch14_dinov2.lvd142m"``) builds a backbone from the optional ``timm`` package
+(``pip install timm``; ``timm.list_models("*pattern*")`` lists the names). Its state dict keeps
+timm's keys, so a timm state dict (``timm.create_model(name).state_dict()``) loads with
+:meth:`Backbone.load_weights`, its classifier dropped.
+
+* **CNNs** (models timm builds with ``features_only=True``): built at ``output_stride=8`` where the
+  model accepts it (dilated later stages, as above), else at its native strides; ``layer1`` ..
+  ``layer4`` are timm's last four feature levels (for a ResNet: stem + layer1, layer2, layer3,
+  layer4; for a ConvNeXt: stem + stage 0, stages 1, 2, 3). A stage runs the modules of the
+  features-only network after the previous level's up to its own, so ``forward`` returns exactly
+  timm's features-only outputs. Channels and strides are timm's ``feature_info``.
+* **ViTs** (``timm.models.vision_transformer.VisionTransformer``, DINOv2 included): the stages end
+  after four evenly spaced blocks (depth 12: blocks 2, 5, 8, 11, counting from 0). Each stage's
+  output is its patch tokens after the model's final norm, as a map ``[B, C, H / p, W / p]``
+  (p = patch size = every stage's stride; inputs are padded up to a multiple of p). ``forward``
+  runs the whole token sequence, class and register tokens included, exactly as timm does; only
+  :meth:`TimmViTBackbone.run_stage` departs from it (see there).
+
+Models timm wraps differently for ``features_only`` (hooks, its EfficientNet/MobileNet feature
+classes, channels-last outputs such as Swin's) and other transformers raise a ``ValueError``
+saying so. The images are normalised by fsslib (ImageNet statistics), not by the model's
+``pretrained_cfg``.
 """
 
 from __future__ import annotations
@@ -31,9 +58,11 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["BACKBONE_NAMES", "Backbone", "build_backbone"]
+__all__ = ["BACKBONE_NAMES", "TIMM_PREFIX", "Backbone", "TimmViTBackbone", "build_backbone"]
 
+#: The built-in backbones; any ``"timm:<model name>"`` is accepted besides (see the module docstring).
 BACKBONE_NAMES = ("vgg16", "resnet50", "resnet101", "smallcnn")
+TIMM_PREFIX = "timm:"
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -55,7 +84,14 @@ class Backbone(nn.Module):
         out_channels, stride: ``dict[str, int]`` keyed by stage name.
         frozen_stages: stages whose parameters were frozen by :meth:`freeze`.
         bn_frozen: whether BatchNorm layers are held in eval mode (see :meth:`freeze`).
+        spatially_local: True when each stage computes an output cell from a bounded
+            neighbourhood of its input (convolutions and poolings only), so a stage may run on a
+            crop of its input map (:func:`fsslib.models.fast.run_stage_in_box`). False for timm
+            backbones: attention, and the squeeze-excitation many timm CNNs contain, see the
+            whole map.
     """
+
+    spatially_local: bool = True
 
     def __init__(
         self,
@@ -130,8 +166,9 @@ class Backbone(nn.Module):
         Metric-learning methods match features by cosine similarity, which cannot be negative
         between ReLU outputs; SSP's authors therefore remove layer3's last ReLU (their
         ``last_relu=False``), as PANet's VGG has none after conv5_3. Handles a stage ending in
-        a torchvision ``Bottleneck`` (its residual sum is returned un-rectified) or in a
-        ``ReLU`` module (the small CNN's conv-BN-ReLU blocks).
+        a torchvision ``Bottleneck`` (its residual sum is returned un-rectified), a timm ResNet
+        ``BasicBlock`` or ``Bottleneck`` (its last activation, a ReLU, becomes an identity), or
+        a ``ReLU`` module (the small CNN's conv-BN-ReLU blocks).
         """
         last = self.stage_modules(name)[-1]
         while isinstance(last, nn.Sequential) and not isinstance(last[-1], nn.ReLU):
@@ -140,6 +177,8 @@ class Backbone(nn.Module):
             last[-1] = nn.Identity()
         elif isinstance(last, torchvision.models.resnet.Bottleneck):
             last.__class__ = _BottleneckWithoutFinalReLU
+        elif (activation := _timm_resnet_final_activation(last)) is not None:
+            setattr(last, activation, nn.Identity())
         else:
             raise ValueError(f"stage '{name}' does not end in a ReLU this method knows how to remove")
         return self
@@ -218,7 +257,8 @@ class Backbone(nn.Module):
 
         Accepted, detected from the keys:
 
-        * a torchvision classification network's state dict (the classifier is dropped);
+        * a torchvision classification network's state dict, or a timm model's for a ``timm:``
+          backbone (the classifier is dropped);
         * a state dict saved from a :class:`Backbone` (``backbone.state_dict()``);
         * a state dict of a model that contains the backbone under a prefix
           (``"backbone."``, ``"module.backbone."``, ...), also wrapped as
@@ -254,8 +294,8 @@ class Backbone(nn.Module):
             return
         lines = [
             f"weights in {source} do not fit this backbone ({self.extra_repr()}). Expected a "
-            "torchvision classification checkpoint of the same architecture or a state dict "
-            "saved from fsslib's Backbone."
+            "classification checkpoint of the same architecture (torchvision's, or timm's for a "
+            "'timm:' backbone) or a state dict saved from fsslib's Backbone."
         ]
         for label, keys in (
             ("missing keys", missing),
@@ -320,6 +360,148 @@ class _BottleneckWithoutFinalReLU(torchvision.models.resnet.Bottleneck):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out)) + identity
+
+
+class TimmViTBackbone(Backbone):
+    """A timm ``VisionTransformer`` split into four stages of consecutive transformer blocks.
+
+    Built by ``build_backbone("timm:<ViT name>")``. For depth D, stage k (1..4) ends after block
+    ``k * D // 4 - 1`` (D = 12: blocks 2, 5, 8, 11); ``layer1`` also holds the patch embedding,
+    the class/register tokens and the position embedding, ``layer4`` also the final norm. Every
+    stage's output is its patch tokens after the model's final norm (as DINOv2's feature
+    extraction does, so all four stages have the same scale), reshaped to a map
+    ``[B, embed_dim, ceil(H / p), ceil(W / p)]``, p the patch size (each stage's ``stride``).
+
+    The state dict has the timm model's keys, its classifier (``head``, ``fc_norm``,
+    ``attn_pool``) dropped. The timm model itself is kept, unregistered, to run its own patch and
+    position embedding; it always uses this backbone's current parameters and modules.
+
+    Args:
+        model: the timm ``VisionTransformer`` (built with ``dynamic_img_size=True``).
+        head_prefixes: state-dict key prefixes of the classifier of the full timm network.
+    """
+
+    spatially_local = False
+    _HEAD = ("attn_pool", "fc_norm", "head_drop", "head")
+
+    def __init__(self, model: nn.Module, head_prefixes: Sequence[str] = ()) -> None:
+        depth = len(model.blocks)
+        if depth < 4:
+            raise ValueError(f"a ViT backbone needs at least 4 blocks for 4 stages; this one has {depth}")
+        patch = tuple(model.patch_embed.patch_size)
+        if len(set(patch)) != 1:
+            raise ValueError(f"ViT backbones need square patches; this model's are {patch}")
+        ends = [k * depth // 4 for k in (1, 2, 3, 4)]  # one past each stage's last block
+        ranges = dict(zip(("layer1", "layer2", "layer3", "layer4"), zip([0, *ends[:-1]], ends)))
+        for name in self._HEAD:  # the classifier is not part of the backbone
+            if getattr(model, name, None) is not None:
+                setattr(model, name, nn.Identity())
+        modules = {name: module for name, module in model.named_children() if name not in self._HEAD}
+        # Any other module sits before the blocks (the embedding); only "blocks" and "norm" follow.
+        embedding = [name for name in modules if name not in ("blocks", "norm")]
+        layout = {
+            stage: [f"blocks.{i}" for i in range(start, end)] for stage, (start, end) in ranges.items()
+        }
+        layout["layer1"] = embedding + layout["layer1"]
+        layout["layer4"] = layout["layer4"] + ["norm"]
+        channels = model.embed_dim
+        super().__init__(
+            modules=modules,
+            layout=layout,
+            out_channels=dict.fromkeys(layout, channels),
+            stride=dict.fromkeys(layout, patch[0]),
+            head_prefixes=head_prefixes,
+        )
+        self._block_ranges = ranges
+        # The class/register tokens and the position embedding are the model's own parameters.
+        for name, parameter in model.named_parameters(recurse=False):
+            self.register_parameter(name, parameter)
+        for name, buffer in model.named_buffers(recurse=False):
+            self.register_buffer(name, buffer, persistent=name not in model._non_persistent_buffers_set)
+        object.__setattr__(self, "_vit", model)  # a plain attribute: not a submodule, not in the state dict
+
+    def _model(self) -> nn.Module:
+        """The timm model, pointed at this backbone's current parameters, buffers and modules
+        (``.to(device)`` or an assignment may have replaced them on the backbone only)."""
+        model = self._vit
+        for named in (self.named_parameters(recurse=False), self.named_buffers(recurse=False), self.named_children()):
+            for name, value in named:
+                if getattr(model, name, None) is not value:
+                    setattr(model, name, value)
+        return model
+
+    def forward(self, images: Tensor, upto: str = "layer4") -> dict[str, Tensor]:
+        """Run the full token sequence (class and register tokens included, as timm's
+        ``forward_features`` does) through the blocks up to the end of stage ``upto``.
+
+        Returns:
+            ``{stage: [B, embed_dim, ceil(H / p), ceil(W / p)]}`` for ``layer1`` .. ``upto``: each
+            stage's patch tokens after the final norm; ``layer4``'s are exactly timm's
+            ``forward_features`` output without the prefix tokens.
+        """
+        self._check_stage(upto)
+        model = self._model()
+        x = model.patch_embed(images)  # [B, h, w, C] (dynamic_img_size)
+        grid = x.shape[1:3] if x.ndim == 4 else model.patch_embed.dynamic_feat_size(images.shape[-2:])
+        x = model.norm_pre(model.patch_drop(model._pos_embed(x)))  # prefix tokens prepended
+        features: dict[str, Tensor] = {}
+        for name in self.stage_names:
+            for block in self.stage_blocks(name):
+                x = block(x)
+            features[name] = self._to_map(x[:, model.num_prefix_tokens :], grid)
+            if name == upto:
+                break
+        return features
+
+    def run_stage(self, name: str, x: Tensor) -> Tensor:
+        """Run stage ``name``'s blocks on the map ``x [B, C, h, w]`` of the previous stage.
+
+        The one departure from :meth:`forward`: a map carries no class or register tokens, so the
+        blocks attend among the patch tokens only, and they start from the previous stage's output,
+        which has passed through the final norm. ``run_stage("layer4", features["layer3"])`` is
+        therefore close to, not equal to, ``features["layer4"]``. PFENet-family heads use it for
+        ``layer4`` of masked ``layer3`` features. ``run_stage("layer1", images)`` is
+        ``forward(images, "layer1")["layer1"]``.
+        """
+        self._check_stage(name)
+        if name == self.stage_names[0]:
+            return self.forward(x, upto=name)[name]
+        tokens = x.flatten(2).transpose(1, 2)  # [B, h * w, C]
+        for block in self.stage_blocks(name):
+            tokens = block(tokens)
+        return self._to_map(tokens, x.shape[-2:])
+
+    def _to_map(self, tokens: Tensor, grid: Sequence[int]) -> Tensor:
+        """Patch tokens ``[B, h * w, C]`` -> final norm -> map ``[B, C, h, w]``."""
+        return self.norm(tokens).transpose(1, 2).unflatten(2, tuple(grid)).contiguous()
+
+    def stage_blocks(self, name: str) -> list[nn.Module]:
+        """The transformer blocks of stage ``name``."""
+        self._check_stage(name)
+        start, end = self._block_ranges[name]
+        return [self.blocks[i] for i in range(start, end)]
+
+    def stage_parameters(self, name: str) -> list[nn.Parameter]:
+        """As :meth:`Backbone.stage_parameters`; ``layer1``'s include the class/register tokens
+        and the position embedding."""
+        own = list(self.parameters(recurse=False)) if name == self.stage_names[0] else []
+        return own + super().stage_parameters(name)
+
+    def remove_final_relu(self, name: str) -> TimmViTBackbone:
+        """Nothing to remove: every stage ends in a LayerNorm, whose output can be negative."""
+        self._check_stage(name)
+        return self
+
+
+def _timm_resnet_final_activation(block: nn.Module) -> str | None:
+    """``"act2"`` / ``"act3"`` for a timm ResNet ``BasicBlock`` / ``Bottleneck`` that ends in a
+    ReLU (applied to the residual sum), else None. timm is imported only for timm's modules."""
+    if not type(block).__module__.startswith("timm."):
+        return None
+    from timm.models.resnet import BasicBlock, Bottleneck
+
+    name = "act3" if isinstance(block, Bottleneck) else "act2" if isinstance(block, BasicBlock) else None
+    return name if name is not None and isinstance(getattr(block, name), nn.ReLU) else None
 
 
 # ---------------------------------------------------------------------- architectures
@@ -463,6 +645,194 @@ _TORCHVISION = {
 }
 
 
+# ---------------------------------------------------------------------- timm
+def _import_timm():
+    """``timm``, imported on first use: fsslib runs without it."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError(
+            f"'{TIMM_PREFIX}<model name>' backbones need the timm package: pip install timm ({error})"
+        ) from error
+    return timm
+
+
+def _timm_backbone(model_name: str, pretrained: bool) -> Backbone:
+    """Build ``timm:<model_name>``: a :class:`TimmViTBackbone` for a ``VisionTransformer``, else a
+    :class:`Backbone` on timm's features-only network (see the module docstring)."""
+    timm = _import_timm()
+    _check_timm_name(timm, model_name, pretrained)
+    # The classification network, built on the meta device (nothing allocated) where it can be:
+    # its class, its module names and its state-dict keys.
+    device = "meta"
+    try:
+        with torch.device(device):
+            probe = timm.create_model(model_name, pretrained=False)
+    except (RuntimeError, NotImplementedError):  # an initialisation that needs real tensors
+        device = "cpu"
+        probe = timm.create_model(model_name, pretrained=False)
+    if isinstance(probe, timm.models.vision_transformer.VisionTransformer):
+        return _timm_vit(timm, model_name, pretrained, probe, device)
+    return _timm_cnn(timm, model_name, pretrained, probe, device)
+
+
+def _check_timm_name(timm, model_name: str, pretrained: bool) -> None:
+    """ValueError unless timm knows the name (and its pretrained tag, if any)."""
+    pattern = f"*{model_name.split('.')[0].split('_')[0]}*"
+    if not model_name or not timm.is_model(model_name):
+        raise ValueError(
+            f"unknown timm model '{model_name}'; list the names with "
+            f"timm.list_models('{pattern}') (pretrained tags: timm.list_pretrained('{pattern}'))"
+        )
+    try:
+        config = timm.models.get_pretrained_cfg(model_name)  # checks a tag such as ".lvd142m"
+    except RuntimeError as error:
+        raise ValueError(
+            f"timm model '{model_name}': {error} List the tags with timm.list_pretrained('{pattern}')"
+        ) from error
+    if pretrained and not (config and (config.hf_hub_id or config.url or config.file or config.state_dict)):
+        # timm itself would only warn and go on with random weights.
+        raise ValueError(
+            f"timm has no pretrained weights for '{model_name}'; see timm.list_pretrained('{pattern}')"
+        )
+
+
+def _timm_accepts(timm, model_name: str, device: str, **kwargs) -> bool:
+    """Whether timm builds the model with these arguments (tried without weights)."""
+    try:
+        with torch.device(device):
+            timm.create_model(model_name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError, NotImplementedError, KeyError):
+        return False
+    return True
+
+
+def _timm_create(timm, model_name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """``timm.create_model`` on the CPU; a failure to fetch the pretrained weights is explained."""
+    if not pretrained:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(model_name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as error:  # no network (OSError), hub errors, bad file
+        raise RuntimeError(
+            f"could not load timm's pretrained weights of '{model_name}' ({error}). timm downloads "
+            "them (Hugging Face Hub or a URL) into its cache, which needs a network connection. "
+            "Offline, save them on a machine with a network, e.g. torch.save(timm.create_model("
+            f"'{model_name}', pretrained=True).state_dict(), 'weights.pth'), and pass "
+            "weights='/path/to/weights.pth' to build_backbone."
+        ) from error
+
+
+def _timm_cnn(timm, model_name: str, pretrained: bool, probe: nn.Module, device: str) -> Backbone:
+    """A timm CNN: ``layer1`` .. ``layer4`` = its last four features-only levels."""
+    levels = len(getattr(probe, "feature_info", None) or ())
+    if levels < 4:
+        raise ValueError(
+            f"timm model '{model_name}' ({type(probe).__name__}) has {levels} feature levels "
+            "(features_only); a backbone needs at least 4"
+        )
+    kwargs = {"features_only": True, "out_indices": tuple(range(levels - 4, levels))}
+    if _timm_accepts(timm, model_name, device, output_stride=8, **kwargs):
+        kwargs["output_stride"] = 8  # else the native strides, recorded below
+    network = _timm_create(timm, model_name, pretrained, **kwargs)
+    output_format = getattr(network, "output_fmt", "NCHW")
+    output_format = getattr(output_format, "value", output_format)  # timm's Format enum
+    # FeatureListNet derives from FeatureDictNet; other wrappers run the model by hooks or by its
+    # own forward, so the modules alone do not say where a level ends.
+    if not isinstance(network, timm.models.FeatureDictNet) or output_format != "NCHW":
+        raise ValueError(
+            f"timm model '{model_name}' is not supported: timm wraps it for features_only as "
+            f"{type(network).__name__} with {output_format} outputs; fsslib splits into stages only "
+            "a FeatureDictNet / FeatureListNet (an ordered dict of modules) with NCHW outputs"
+        )
+    children = [name for name, _ in network.named_children()]
+    ends = [children.index(name) for name in network.return_layers]  # in execution order
+    stage_names = ("layer1", "layer2", "layer3", "layer4")
+    paths = _timm_original_paths(model_name, network, probe)
+    layout = {
+        stage: [paths[name] for name in children[start + 1 : end + 1]]
+        for stage, start, end in zip(stage_names, [-1, *ends[:-1]], ends)
+    }
+    modules: dict[str, nn.Module] = {}
+    for name, module in network.named_children():  # timm's paths: "stages.0" sits in "stages"
+        parent, _, child = paths[name].rpartition(".")
+        if parent:
+            modules.setdefault(parent, nn.Sequential()).add_module(child, module)
+        else:
+            modules[child] = module
+    backbone = Backbone(
+        modules=modules,
+        layout=layout,
+        out_channels=dict(zip(stage_names, network.feature_info.channels())),
+        stride=dict(zip(stage_names, network.feature_info.reduction())),
+    )
+    backbone.head_prefixes = _timm_head_prefixes(model_name, probe, backbone)
+    backbone.spatially_local = False  # squeeze-excitation and attention blocks see the whole map
+    return backbone
+
+
+def _timm_original_paths(model_name: str, network: nn.Module, probe: nn.Module) -> dict[str, str]:
+    """Each child of timm's features-only network -> its path in the classification network.
+
+    timm flattens some networks one level for ``features_only``: ``stages.0`` becomes the child
+    ``stages_0``. The classification network ``probe`` resolves the names; a candidate must hold
+    the same parameter names and shapes.
+    """
+    top = dict(probe.named_children())
+    candidates: dict[str, list[str]] = {}
+    for name, module in top.items():
+        candidates.setdefault(name, []).append(name)
+        if isinstance(module, nn.Sequential):
+            for child in dict(module.named_children()):
+                candidates.setdefault(f"{name}_{child}", []).append(f"{name}.{child}")
+
+    def shapes(module: nn.Module) -> dict[str, tuple]:
+        return {key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+    paths = {}
+    for name, module in network.named_children():
+        fits = [path for path in candidates.get(name, []) if shapes(probe.get_submodule(path)) == shapes(module)]
+        if len(fits) != 1:
+            raise ValueError(
+                f"timm model '{model_name}' is not supported: cannot tell which module of the "
+                f"classification network its features_only module '{name}' is ({fits or 'none'})"
+            )
+        paths[name] = fits[0]
+    return paths
+
+
+def _timm_head_prefixes(model_name: str, probe: nn.Module, backbone: Backbone) -> tuple[str, ...]:
+    """The key prefixes of what the classification network has beyond the backbone (its
+    classifier), after checking that every backbone key is one of the network's."""
+    full = {key: tuple(value.shape) for key, value in probe.state_dict().items()}
+    own = {key: tuple(value.shape) for key, value in backbone.state_dict().items()}
+    foreign = [key for key, shape in own.items() if full.get(key) != shape]
+    if foreign:
+        raise ValueError(
+            f"timm model '{model_name}' is not supported: backbone keys {foreign[:5]} are not the "
+            "classification network's, so its checkpoints would not load"
+        )
+    prefixes = set()
+    for key in full.keys() - own.keys():  # the shortest prefix of the key that no kept key has
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:n]) + ("." if n < len(parts) else "")
+            if not any(k.startswith(prefix) for k in own):
+                prefixes.add(prefix)
+                break
+    return tuple(sorted(prefixes))
+
+
+def _timm_vit(timm, model_name: str, pretrained: bool, probe: nn.Module, device: str) -> TimmViTBackbone:
+    """A timm ``VisionTransformer``: four stages of blocks, any input size (padded to patches)."""
+    kwargs = {"num_classes": 0, "dynamic_img_size": True, "dynamic_img_pad": True}
+    if not _timm_accepts(timm, model_name, device, **kwargs):
+        del kwargs["dynamic_img_pad"]  # an older timm: the input must then be a multiple of p
+    backbone = TimmViTBackbone(_timm_create(timm, model_name, pretrained, **kwargs))
+    backbone.head_prefixes = _timm_head_prefixes(model_name, probe, backbone)
+    return backbone
+
+
 def build_backbone(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -472,22 +842,49 @@ def build_backbone(
     """Build a backbone by name.
 
     Args:
-        name: one of :data:`BACKBONE_NAMES`.
+        name: one of :data:`BACKBONE_NAMES`, or ``"timm:<model name>"`` for a timm model
+            (``"timm:resnet50"``, ``"timm:vit_small_patch14_dinov2.lvd142m"``; see the module
+            docstring for how its stages are cut).
         weights: ``None`` for random initialisation; ``"imagenet"`` for torchvision's ImageNet
             weights (downloaded once into the torch hub cache); or the path of a local
-            checkpoint (see :meth:`Backbone.load_weights`).
+            checkpoint (see :meth:`Backbone.load_weights`; for a timm backbone, a timm state dict
+            such as ``timm.create_model(name).state_dict()``). For a timm backbone,
+            ``"pretrained"`` loads timm's weights of the name's pretrained tag (timm's default tag
+            when the name has none) through timm's download cache; ``"imagenet"`` means the same,
+            so recipes that say ``"imagenet"`` run unchanged; the tag decides what the weights
+            were trained on (``.lvd142m``: DINOv2's LVD-142M images, not ImageNet).
         frozen_stages, freeze_bn: passed to :meth:`Backbone.freeze` (nothing is frozen by
             default).
 
     Raises:
-        ValueError: unknown ``name``; ``"imagenet"`` for ``smallcnn``; a checkpoint that does
-            not fit.
+        ValueError: unknown ``name`` (for a timm name, with the ``timm.list_models`` call that
+            lists the names); a timm model fsslib cannot split into stages; ``"imagenet"`` for
+            ``smallcnn``; ``"pretrained"`` for a timm model without pretrained weights, or for a
+            built-in backbone; a checkpoint that does not fit.
         RuntimeError: the ImageNet weights are neither cached nor downloadable; the message
-            names the file and where to put it.
+            names the file and where to put it. For a timm backbone: timm's pretrained weights
+            could not be fetched (no network); the message says how to pass a local file.
+        ImportError: a ``timm:`` name without the timm package installed.
         FileNotFoundError: ``weights`` is a path that does not exist.
     """
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+        pretrained = weights in ("pretrained", "imagenet")
+        backbone = _timm_backbone(name[len(TIMM_PREFIX) :], pretrained)
+        if weights is not None and not pretrained:
+            backbone.load_weights(weights)
+        if frozen_stages or freeze_bn:
+            backbone.freeze(frozen_stages, freeze_bn)
+        return backbone
     if name not in BACKBONE_NAMES:
-        raise ValueError(f"unknown backbone '{name}'; valid names: {list(BACKBONE_NAMES)}")
+        raise ValueError(
+            f"unknown backbone '{name}'; valid names: {list(BACKBONE_NAMES)}, or "
+            f"'{TIMM_PREFIX}<model name>' for any timm model (e.g. '{TIMM_PREFIX}resnet50')"
+        )
+    if weights == "pretrained":
+        raise ValueError(
+            f"weights='pretrained' is for '{TIMM_PREFIX}' backbones; '{name}' takes 'imagenet', "
+            "None or a checkpoint path"
+        )
     imagenet = weights == "imagenet"
     if name == "smallcnn":
         if imagenet:

@@ -272,8 +272,11 @@ def receptive_radius(backbone, name: str) -> int | None:
     A helper of :func:`run_stage_in_box`, not a twin. The sum over the stage's convolutions and
     poolings of ``dilation * (kernel - 1) // 2``: an upper bound on the radius along any path
     through it (a residual block's shortcut adds nothing). None when one of them has a stride or
-    a padding that changes the size, so the output grid is not the input grid.
+    a padding that changes the size, so the output grid is not the input grid, and for backbones
+    whose output cells see the whole map (attention, squeeze-excitation: timm's).
     """
+    if not backbone.spatially_local:
+        return None
     radii = [_block_radius(block) for block in backbone.stage_blocks(name)]
     return None if None in radii else sum(radii)
 

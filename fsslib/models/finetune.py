@@ -21,7 +21,8 @@ labelled 0 or 1 (void 255 and excluded 254 left out). The query is then scored w
 
 Open choices (the sources give no numbers for this baseline):
 
-1. What adapts: the classifier only (``adapt="classifier"``, default), on frozen features.
+1. What adapts: the classifier only, on features of the pre-trained backbone, which stays frozen
+   (``frozen_stages="all"``); the sources also fine-tune whole networks at a small learning rate.
 2. ``steps = 50``, ``lr = 0.5`` (full-batch gradient descent on the support pixels; the loss of
    a linear classifier on fixed features needs no schedule).
 3. Start ``W = 0, b = 0``: deterministic, so an evaluation is reproducible without a seed.
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from .base import FewShotSegmenter, ModelConfig
 from .ops import IGNORE_INDEX, excluded_as_ignore, resize_to
+from .record import BenchSettings, MethodRecord
 
 Params = dict[str, Tensor]
 
@@ -67,17 +69,25 @@ def support_loss(logits: Tensor, masks: Tensor) -> Tensor:
     return F.cross_entropy(up, excluded_as_ignore(masks), ignore_index=IGNORE_INDEX)
 
 
+def autograd_ready(tensor: Tensor) -> Tensor:
+    """``tensor``, or a copy that autograd may record on when it was made under
+    ``torch.inference_mode`` (the evaluator's features are): call outside inference mode."""
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
 def gradient_steps(params: Params, loss_of: Callable[[Params], Tensor], steps: int, lr: float,
                    adapted: tuple[str, ...] | None = None) -> list[Params]:
     """``steps`` plain gradient-descent steps from ``params`` on ``loss_of``; returns every iterate
     ``[params_0, ..., params_T]`` (detached). ``adapted`` names the entries that move (all by default).
 
     The iterates carry no graph: the steps are data for whoever uses the result (first-order).
+    Gradients are computed whatever the caller's mode (``no_grad`` or ``inference_mode`` during
+    evaluation); the tensors ``loss_of`` reads must have passed :func:`autograd_ready`.
     """
-    current = {k: v.detach() for k, v in params.items()}
-    moving = adapted or tuple(current)
-    iterates = [current]
-    with torch.enable_grad():
+    moving = adapted or tuple(params)
+    with torch.inference_mode(False), torch.enable_grad():
+        current = {k: autograd_ready(v.detach()) for k, v in params.items()}
+        iterates = [current]
         for _ in range(steps):
             leaves = {k: v.clone().requires_grad_(k in moving) for k, v in current.items()}
             grads = torch.autograd.grad(loss_of(leaves), [leaves[k] for k in moving])
@@ -94,22 +104,56 @@ class FineTune(FewShotSegmenter):
         super().__init__(config)
         self.feature_stages = (config.feature_stage,)
 
-    def initial_classifier(self, channels: int, like: Tensor) -> Params:
-        return {"weight": like.new_zeros(2, channels), "bias": like.new_zeros(2)}
+    # One episode at a time: features [N, C, h, w] of its K supports or its query, masks [K, H, W].
+    def score(self, params: Params, features: Tensor) -> Tensor:
+        """Logits ``[N, 2, h, w]`` of the classifier ``params`` on features normalised per cell."""
+        return linear_logits(params, F.normalize(features.detach(), dim=1))
+
+    def episode_loss(self, params: Params, support: Tensor, masks: Tensor) -> Tensor:
+        """``L_S``: the support cross-entropy of the classifier ``params``."""
+        return support_loss(self.score(params, support), masks)
+
+    def adapt(self, support: Tensor, masks: Tensor) -> list[Params]:
+        """The classifier's iterates ``[(W, b)_0, ..., (W, b)_T]`` on one episode's supports."""
+        with torch.inference_mode(False):
+            support, masks = autograd_ready(support), autograd_ready(masks)
+            start = {"weight": support.new_zeros(2, support.shape[1]), "bias": support.new_zeros(2)}
+            return gradient_steps(start, lambda p: self.episode_loss(p, support, masks), self.config.steps,
+                                  self.config.lr)
 
     def head(self, query_feats, support_feats, support_masks, way, out_size):
         if way != 1:
-            raise ValueError(f"the fine-tuning baseline trains a 2-way (background/object) classifier; got way={way}")
-        stage, cfg = self.config.feature_stage, self.config
-        fq = F.normalize(query_feats[stage].detach(), dim=1)
-        fs = F.normalize(support_feats[stage].detach(), dim=2)
+            raise ValueError("the fine-tuning baseline trains a background/object classifier for 1-way episodes "
+                             f"(way=1); got way={way}")
+        stage = self.config.feature_stage
         logits, losses = [], []
-        for episode in range(fq.shape[0]):  # each episode adapts its own classifier
-            def loss_of(params: Params, e: int = episode) -> Tensor:
-                return support_loss(linear_logits(params, fs[e]), support_masks[e])
-
-            iterates = gradient_steps(self.initial_classifier(fq.shape[1], fq), loss_of, cfg.steps, cfg.lr)
-            logits.append(linear_logits(iterates[-1], fq[episode:episode + 1]))
-            losses.append(torch.stack([loss_of(p) for p in (iterates[0], iterates[-1])]).detach())
+        for e in range(query_feats[stage].shape[0]):  # each episode adapts its own classifier
+            support, masks = support_feats[stage][e], support_masks[e]
+            iterates = self.adapt(support, masks)
+            logits.append(self.score(iterates[-1], query_feats[stage][e:e + 1]))
+            with torch.inference_mode(False):
+                support, masks = autograd_ready(support), autograd_ready(masks)
+                losses.append(torch.stack([self.episode_loss(p, support, masks) for p in (iterates[0], iterates[-1])]))
         return {"logits": resize_to(torch.cat(logits), out_size, "bilinear", align_corners=False),
                 "support_loss": torch.stack(losses)}  # [B, 2]: before and after the steps
+
+
+# ---------------------------------------------------------------------- record
+#: Real data: the prototype methods' backbone (VGG-16 from ImageNet, as in PANet's comparison),
+#: frozen; nothing is trained on episodes, so the recipe is its backbone and input size only.
+REAL_DATA_RECIPE = {benchmark: {"model_args": {"backbone": "vgg16", "weights": "imagenet", "frozen_stages": "all",
+                                               "freeze_bn": True},
+                                "steps": 0, "image_size": 417} for benchmark in ("pascal", "coco")}
+
+RECORD = MethodRecord(
+    name="finetune", display_name="Fine-tuning", model_class=FineTune,
+    paper="Shaban, Bansal, Liu, Essa and Boots, One-Shot Learning for Semantic Segmentation, BMVC 2017 "
+          "(its fine-tuning baseline)",
+    family="optimisation", episodic_training=False,
+    # The fold's pre-trained backbone, all of it frozen: the classifier is all that adapts.
+    synthetic_model_args={"frozen_stages": "all"},
+    real_data_recipe=REAL_DATA_RECIPE,
+    bench=BenchSettings("vgg16", 417),
+    main_row="Fine-tuning (linear, 50 steps)",
+    job_cost=1,
+)

@@ -48,8 +48,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FewShotSegmenter, ModelConfig
-from .finetune import Params, gradient_steps, support_loss
+from .finetune import Params, autograd_ready, gradient_steps, support_loss
 from .ops import resize_to
+from .protonet import REAL_DATA_RECIPE as PROTOTYPE_RECIPE
+from .record import BenchSettings, MethodRecord
 
 
 @dataclass
@@ -89,22 +91,53 @@ class FOMAML(FewShotSegmenter):
         names = tuple(self.initialisation())
         return tuple(n for n in names if n.startswith("classifier.")) if self.config.anil else names
 
+    # One episode at a time: features [N, C, h, w] of its K supports or its query, masks [K, H, W].
+    def score(self, params: Params, features: Tensor) -> Tensor:
+        """Logits ``[N, 2, h, w]`` of the head under ``params`` on features normalised per cell."""
+        return head_logits(params, F.normalize(features, dim=1))
+
+    def episode_loss(self, params: Params, support: Tensor, masks: Tensor) -> Tensor:
+        """``L_S``: the support cross-entropy under ``params`` (the supports carry no gradient)."""
+        return support_loss(self.score(params, support.detach()), masks)
+
+    def adapt(self, support: Tensor, masks: Tensor) -> list[Params]:
+        """The inner loop's iterates ``[theta_0 = theta, ..., theta_T]`` on one episode's supports."""
+        with torch.inference_mode(False):
+            support, masks = autograd_ready(support.detach()), autograd_ready(masks)
+            return gradient_steps(self.initialisation(), lambda p: self.episode_loss(p, support, masks),
+                                  self.config.inner_steps, self.config.inner_lr, self.adapted_names())
+
     def head(self, query_feats, support_feats, support_masks, way, out_size):
         if way != 1:
-            raise ValueError(f"FOMAML's head is a 2-way (background/object) classifier; got way={way}")
-        cfg = self.config
-        fq = F.normalize(query_feats[cfg.feature_stage], dim=1)
-        fs = F.normalize(support_feats[cfg.feature_stage], dim=2)
-        theta = self.initialisation()
+            raise ValueError("FOMAML's head is a background/object classifier for 1-way episodes (way=1); "
+                             f"got way={way}")
+        stage, theta = self.config.feature_stage, self.initialisation()
         logits, losses = [], []
-        for episode in range(fq.shape[0]):
-            def loss_of(params: Params, e: int = episode) -> Tensor:
-                return support_loss(head_logits(params, fs[e].detach()), support_masks[e])
-
-            iterates = gradient_steps(theta, loss_of, cfg.inner_steps, cfg.inner_lr, self.adapted_names())
+        for e in range(query_feats[stage].shape[0]):  # each episode adapts its own copy of theta
+            support, masks = support_feats[stage][e], support_masks[e]
+            iterates = self.adapt(support, masks)
             # theta_T as theta plus a constant: the value of theta_T, the gradient of the first-order rule.
             adapted = {k: theta[k] + (iterates[-1][k] - theta[k]).detach() for k in theta}
-            logits.append(head_logits(adapted, fq[episode:episode + 1]))
-            losses.append(torch.stack([loss_of(p) for p in (iterates[0], iterates[-1])]).detach())
+            logits.append(self.score(adapted, query_feats[stage][e:e + 1]))
+            with torch.inference_mode(False):
+                support, masks = autograd_ready(support.detach()), autograd_ready(masks)
+                losses.append(torch.stack([self.episode_loss(p, support, masks)
+                                           for p in (iterates[0], iterates[-1])]).detach())
         return {"logits": resize_to(torch.cat(logits), out_size, "bilinear", align_corners=False),
                 "support_loss": torch.stack(losses)}  # [B, 2]: before and after the inner loop
+
+
+# ---------------------------------------------------------------------- record
+RECORD = MethodRecord(
+    name="fomaml", display_name="FO-MAML", model_class=FOMAML,
+    paper="Finn, Abbeel and Levine, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks, ICML 2017 "
+          "(first-order, on a segmentation head)",
+    family="optimisation",
+    # No FSS paper gives a recipe: the prototype methods' (PANet's), so that FO-MAML and ProtoNet
+    # compare at an equal training budget on real data as on the synthetic benchmark.
+    real_data_recipe=PROTOTYPE_RECIPE,
+    bench=BenchSettings("vgg16", 417),
+    main_row="FO-MAML (5 inner steps)",
+    explorer_switches={"ANIL (inner loop on the last layer only)": ("anil",)},
+    job_cost=2,
+)

@@ -489,6 +489,7 @@ def _coco(shot: int) -> float:
 
 RECORD = MethodRecord(
     name="msdnet", display_name="MSDNet", model_class=MSDNet,
+    family="prior-guided",
     paper="Fateh, Mohammadi and Jahed-Motlagh, MSDNet: Multi-Scale Decoder for Few-Shot Semantic "
           "Segmentation via Transformer-Guided Prototyping, Image and Vision Computing 2025",
     synthetic_model_args=PRIOR_HEAD_BACKBONE,

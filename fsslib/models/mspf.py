@@ -406,6 +406,7 @@ SYNTHETIC_HEAD = {"width": 64, "aspp_rates": (2, 3, 5), "support_resize": "area"
 
 RECORD = MethodRecord(
     name="mspf", display_name="MSPF", model_class=MSPF,
+    family="prior-guided",
     paper="基于多尺度先验信息融合的小样本语义分割 (Few-shot semantic segmentation based on multi-scale "
           "prior information fusion), Chinese journal article; authors and venue are not in the source text",
     # PFENet's synthetic recipe (frozen backbone, cached features, the prior shortcut), whose

@@ -479,6 +479,7 @@ SHORT_RECIPE_LR = 2e-3
 
 RECORD = MethodRecord(
     name="pfenet", display_name="PFENet", model_class=PFENet,
+    family="prior-guided",
     paper="Tian, Zhao, Shu, Yang, Li and Jia, Prior Guided Feature Enrichment Network for Few-Shot "
           "Segmentation, TPAMI 2020",
     synthetic_model_args={**PRIOR_HEAD_BACKBONE, **PRIOR_SHORTCUT},

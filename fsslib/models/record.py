@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from .base import FewShotSegmenter
 
+#: The survey's families of few-shot segmentation methods that fsslib implements.
+FAMILIES = ("metric", "prior-guided", "optimisation")
+
 
 @dataclass(frozen=True)
 class BenchSettings:
@@ -35,6 +38,12 @@ class MethodRecord:
     model_class: type[FewShotSegmenter]
     #: Authors, title, venue, year.
     paper: str
+    #: The survey's family: "metric" (prototype matching), "prior-guided" (prior masks and
+    #: decoders) or "optimisation" (adapts weights to each episode by gradient steps).
+    family: str = "metric"
+    #: False: the method is never trained on episodes (its runs have 0 steps: the pre-trained
+    #: backbone and what the method builds at test time).
+    episodic_training: bool = True
     #: Synthetic benchmark: config fields that depart from the shared backbone settings
     #: (``experiments.configs.SYNTHETIC_BACKBONE``) and head switches, with the reason in the module.
     synthetic_model_args: dict = field(default_factory=dict)
@@ -51,6 +60,9 @@ class MethodRecord:
     #: synthetic recipe (the same as its paper table's row, so that the two share their runs).
     main_row: str | None = None
     main_row_args: dict = field(default_factory=dict)
+    #: The benchmarks whose main table has the row (None: every one). A row whose weights exist
+    #: only for real images (DINOv2's) is left out of the synthetic tables.
+    main_row_benchmarks: tuple[str, ...] | None = None
     #: The main comparison's paper column, ``shot -> text`` ("" where the paper has no number).
     paper_result: Callable[[int], str] | None = None
     #: The paper's 5-shot minus 1-shot mIoU (the claim "more shots help"), None where not published,
@@ -61,6 +73,10 @@ class MethodRecord:
     explorer_switches: dict = field(default_factory=dict)
     #: Relative cost of one synthetic training run, so that ``reproduce`` starts the longest first.
     job_cost: int = 1
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family of '{self.name}' must be one of {FAMILIES}, got {self.family!r}")
 
     @property
     def config_class(self):

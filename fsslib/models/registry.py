@@ -20,6 +20,9 @@ METHOD_MODULES: dict[str, str] = {
     "pfenet": "fsslib.models.pfenet",
     "mspf": "fsslib.models.mspf",
     "msdnet": "fsslib.models.msdnet",
+    "finetune": "fsslib.models.finetune",
+    "fomaml": "fsslib.models.fomaml",
+    "dinov2-proto": "fsslib.models.dinov2_proto",
 }
 METHODS = tuple(METHOD_MODULES)
 #: The plain prototype model: every table's reference, and what ``train`` builds when not told.

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from ..ablation import Variant
-from . import main, mspf, panet, ssp
+from . import fomaml, main, mspf, panet, ssp
+from .fomaml import FOMAML_REFERENCES, FOMAML_VARIANTS
 from .main import MAIN_REFERENCES, MAIN_VARIANTS
 from .mspf import MSPF_REFERENCES, MSPF_TABLES, MSPF_VARIANTS
 from .panet import PANET_REFERENCES, PANET_VARIANTS
@@ -22,7 +23,8 @@ from .ssp import SSP_REFERENCES, SSP_VARIANTS
 
 #: ``python -m fsslib ablation NAME``: the method tables by name (MSPF's four as one).
 TABLES = {"main": (MAIN_VARIANTS, MAIN_REFERENCES), panet.KEY: (PANET_VARIANTS, PANET_REFERENCES),
-          ssp.KEY: (SSP_VARIANTS, SSP_REFERENCES), mspf.MSPF.name: (MSPF_VARIANTS, MSPF_REFERENCES)}
+          ssp.KEY: (SSP_VARIANTS, SSP_REFERENCES), mspf.MSPF.name: (MSPF_VARIANTS, MSPF_REFERENCES),
+          fomaml.KEY: (FOMAML_VARIANTS, FOMAML_REFERENCES)}
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,16 @@ def with_reference_rows(variants: list[Variant], references: dict[str, str]) -> 
     return [*variants, *extra], {**references, **{v.name: variants[0].name for v in extra}}
 
 
-def tables() -> list[Table]:
-    """Every table of ``results/tables.md``, in order (the main comparison first), each with its
-    :func:`reference_rows`."""
-    listed = [("main", "Main comparison", MAIN_VARIANTS, MAIN_REFERENCES, main.paper_value),
+def tables(benchmark: str = "synthetic") -> list[Table]:
+    """Every table of ``results/tables.md`` on ``benchmark``, in order (the main comparison first),
+    each with its :func:`reference_rows`."""
+    main_rows = main.main_variants(benchmark)
+    main_references = {v.name: MAIN_REFERENCES[v.name] for v in main_rows if v.name in MAIN_REFERENCES}
+    listed = [("main", "Main comparison", main_rows, main_references, main.paper_value),
               (panet.KEY, panet.TITLE, PANET_VARIANTS, PANET_REFERENCES, panet.paper_value),
               (ssp.KEY, ssp.TITLE, SSP_VARIANTS, SSP_REFERENCES, ssp.paper_value),
               *[(f"{mspf.MSPF.name}_{key}", mspf.TITLES[key], variants, refs, partial(mspf.paper_value, key))
-                for key, (variants, refs) in MSPF_TABLES.items()]]
+                for key, (variants, refs) in MSPF_TABLES.items()],
+              (fomaml.KEY, fomaml.TITLE, FOMAML_VARIANTS, FOMAML_REFERENCES, lambda variant, shot: "")]
     return [Table(key, title, *with_reference_rows(variants, refs), paper)
             for key, title, variants, refs, paper in listed]

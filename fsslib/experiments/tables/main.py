@@ -12,9 +12,17 @@ from __future__ import annotations
 from ...models.registry import REFERENCE_METHOD, method_record, records
 from ..ablation import Variant
 
-MAIN_VARIANTS = [Variant(r.main_row, r.name, dict(r.main_row_args)) for r in records() if r.main_row]
+
+def main_variants(benchmark: str = "synthetic") -> list[Variant]:
+    """The main table's rows on ``benchmark`` (records whose ``main_row_benchmarks`` include it)."""
+    return [Variant(r.main_row, r.name, dict(r.main_row_args)) for r in records()
+            if r.main_row and (r.main_row_benchmarks is None or benchmark in r.main_row_benchmarks)]
+
+
+MAIN_VARIANTS = main_variants()
 PROTONET = next(v for v in MAIN_VARIANTS if v.model == REFERENCE_METHOD)
-MAIN_REFERENCES = {v.name: PROTONET.name for v in MAIN_VARIANTS if v is not PROTONET}
+#: Every row's reference, on every benchmark.
+MAIN_REFERENCES = {r.main_row: PROTONET.name for r in records() if r.main_row and r.main_row != PROTONET.name}
 
 
 def paper_value(variant: Variant, shot: int) -> str:
