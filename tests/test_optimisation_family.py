@@ -149,3 +149,27 @@ def test_fomaml_with_no_inner_step_predicts_with_its_initialisation():
         expected = head_logits(theta, F.normalize(query, dim=1))
     torch.testing.assert_close(out["logits"], expected)
     assert torch.equal(out["support_loss"][0, 0], out["support_loss"][0, 1])  # nothing moved
+
+
+def test_the_inner_loop_trace_scores_every_iterate_and_its_last_is_the_models_prediction():
+    from fsslib.analysis.adaptation import inner_loop_trace, with_random_start
+
+    torch.manual_seed(0)
+    model = build_model(FOMAML_RECORD.name, width=8).eval()
+    g = torch.Generator().manual_seed(2)
+    masks = torch.zeros(2, 1, 48, 48, dtype=torch.long)
+    masks[..., 10:30, 12:40] = 1
+    batch = {"query_img": torch.randn(2, 3, 48, 48, generator=g), "support_imgs": torch.randn(2, 1, 3, 48, 48, generator=g),
+             "support_masks": masks, "query_mask": masks[:, 0]}
+    trace = inner_loop_trace(model, batch, steps=7)
+    assert trace.support_loss.shape == trace.query_iou.shape == (2, 8)
+    assert (trace.support_loss.diff(axis=1).iloc[:, 1:] < 0).all().all()  # each step lowers L_S here
+    with torch.no_grad():
+        predicted = model(batch)["logits"].argmax(1)  # the model's own 5 steps
+    assert torch.equal(predicted, torch.stack([p[model.config.inner_steps] for p in trace.predictions]))
+
+    fresh = with_random_start(model, seed=1)
+    theta, fresh_theta = model.initialisation(), fresh.initialisation()
+    assert all(not torch.equal(theta[k], fresh_theta[k]) for k in theta)
+    assert all(torch.equal(a, b) for a, b in zip(model.backbone.state_dict().values(), fresh.backbone.state_dict().values()))
+    assert torch.equal(with_random_start(model, seed=1).classifier.weight, fresh.classifier.weight)  # seeded

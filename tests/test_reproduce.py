@@ -59,7 +59,7 @@ def test_a_failed_run_is_reported_and_the_rest_completes(isolated, monkeypatch, 
     good = Variant("ProtoNet", "protonet", {})
     broken = Variant("broken", "protonet", {"no_such_field": 1})
     monkeypatch.setattr(reproduce_module, "tables",
-                        lambda: [Table("main", "Main comparison", [good, broken], {"broken": "ProtoNet"})])
+                        lambda benchmark="synthetic": [Table("main", "Main comparison", [good, broken], {"broken": "ProtoNet"})])
     monkeypatch.setattr("fsslib.experiments.report.main_table", lambda rows, *args: rows.method.unique().tolist().__str__())
     failures = reproduce_module.reproduce("fast")
     assert len(failures) == 1 and "broken" in failures[0] and "no_such_field" in failures[0]
@@ -73,7 +73,7 @@ def test_the_report_reads_stored_files_and_never_trains_or_loads_a_model(isolate
 
     table = Table("main", "Main comparison", [Variant("ProtoNet", "protonet", {}), Variant("PANet", "panet", {})],
                   {"PANet": "ProtoNet"})
-    monkeypatch.setattr(reproduce_module, "tables", lambda: [table])
+    monkeypatch.setattr(reproduce_module, "tables", lambda benchmark="synthetic": [table])
     reproduce_module.reproduce("fast")
     written = (isolated / "results" / "fast" / "tables.md").read_text()
 
@@ -100,7 +100,7 @@ def test_the_profile_follows_the_device_and_the_first_line_says_which(isolated, 
     assert (gpu.recipe, gpu.seeds, gpu.episodes, gpu.shots) == ({}, (0, 1, 2), 1000, (1, 5))  # the standard recipe
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert reproduce_module.default_profile_name() == "default"
-    monkeypatch.setattr(reproduce_module, "tables", lambda: [Table("main", "Main comparison",
+    monkeypatch.setattr(reproduce_module, "tables", lambda benchmark="synthetic": [Table("main", "Main comparison",
                                                                    [Variant("ProtoNet", "protonet", {})], {})])
     monkeypatch.setattr("fsslib.experiments.report.main_table", lambda rows, *args: "")
     reproduce_module.reproduce("fast")

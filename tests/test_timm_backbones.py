@@ -31,6 +31,12 @@ def _images(seed=0, size=(48, 40)):
     return torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
+def _resized_to_patches(x, patch):
+    """What the ViT backbone feeds timm: ``x`` resized up to multiples of the patch size."""
+    size = [math.ceil(s / patch) * patch for s in x.shape[-2:]]
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 def _vit_map(tokens, model, size):
     """timm's ``[B, prefix + h * w, C]`` tokens -> patch-token map ``[B, C, h, w]``."""
     h, w = (math.ceil(s / model.patch_embed.patch_size[0]) for s in size)
@@ -95,14 +101,16 @@ def test_vit_stages_end_at_evenly_spaced_blocks_and_layer4_is_forward_features(n
     reference = timm.create_model(name, num_classes=0, **VIT_ARGS).eval()
     missing, unexpected = reference.load_state_dict(backbone.state_dict(), strict=False)
     assert not unexpected and all(key.startswith("fc_norm.") for key in missing)  # the classifier's
-    x = _images(size=(48, 40))  # 40 is not a multiple of 16: padded
+    x = _images(size=(48, 40))  # 40 is not a multiple of 16: resized to 48 x 48 first
+    timm_input = _resized_to_patches(x, patch)
     with torch.no_grad():
         features = backbone(x)
         for stage in STAGES:
             assert features[stage].shape == (2, backbone.out_channels[stage], 3, 3)
-        torch.testing.assert_close(features["layer4"], _vit_map(reference.forward_features(x), reference, x.shape[-2:]))
+        torch.testing.assert_close(features["layer4"],
+                                   _vit_map(reference.forward_features(timm_input), reference, x.shape[-2:]))
         # Every stage: the block's output after the final norm (timm's intermediates with norm=True).
-        intermediates = reference.forward_intermediates(x, indices=ends, norm=True, intermediates_only=True)
+        intermediates = reference.forward_intermediates(timm_input, indices=ends, norm=True, intermediates_only=True)
         for stage, want in zip(STAGES, intermediates, strict=True):
             torch.testing.assert_close(features[stage], want)
         # run_stage on a map (patch tokens only: close to, not equal to, forward's layer4).
@@ -139,7 +147,7 @@ def test_load_weights_takes_timms_own_state_dict(tmp_path):
         dropped = set(model.state_dict()) - set(backbone.state_dict())
         assert all(key.startswith(backbone.head_prefixes) for key in dropped), dropped
         with torch.no_grad():
-            want = model.forward_features(x)
+            want = model.forward_features(x if name == "test_resnet" else _resized_to_patches(x, 16))
             got = backbone(x)["layer4"]
         if name == "test_vit2":
             want = _vit_map(want, model, x.shape[-2:])

@@ -56,7 +56,8 @@ class TrainConfig:
     #: Train the head on features computed once per image (needs a fully frozen backbone, BatchNorm
     #: included, and augment=False); see engine.feature_cache.
     cache_features: bool = False
-    #: 0: no training (a method without episodic training, such as the fine-tuning baseline).
+    #: 0 exactly for the methods without episodic training (their records say so): the fine-tuning
+    #: baseline and the DINOv2 prototype row, whose runs hold the initial weights.
     steps: int = 1000
     batch_size: int = 8
     optimizer: str = "adamw"  # or "sgd"
@@ -100,7 +101,7 @@ class TrainConfig:
         """Reject a wrong type or value of any field, naming it: a run must fail here, before its
         folder or ``config.json`` is written, not steps into training."""
         from ..data.folds import BENCHMARKS, COCO_CONVENTIONS, NUM_FOLDS, base_classes
-        from ..models.registry import METHODS
+        from ..models.registry import METHODS, method_record
 
         choices = {"task": ("episodic", "pretrain"), "optimizer": ("adamw", "sgd"),
                    "schedule": ("cosine", "poly", "step", "constant"), "benchmark": (*BENCHMARKS, "fss1000")}
@@ -109,6 +110,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.task == "episodic" and self.model not in METHODS:
             raise ValueError(f"unknown model {self.model!r}; valid names: {sorted(METHODS)}")
+        if self.task == "episodic" and isinstance(self.steps, int):
+            trains = method_record(self.model).episodic_training
+            if trains and self.steps == 0:
+                raise ValueError(f"steps must be at least 1 for {self.model!r}: a run of 0 steps would store its "
+                                 "untrained weights as finished")
+            if not trains and self.steps != 0:
+                raise ValueError(f"steps must be 0 for {self.model!r}: it has no episodic training (it adapts to "
+                                 f"each test episode inside its forward pass), got {self.steps}")
         if self.convention is not None and (self.benchmark != "coco20i" or self.convention not in COCO_CONVENTIONS):
             raise ValueError(f"convention must be null, or one of {COCO_CONVENTIONS} for coco20i; got "
                              f"{self.convention!r} for {self.benchmark}")

@@ -73,6 +73,11 @@ def stored_or_computed(keys: list[str], profile: Profile, recompute: bool = Fals
             for seed in profile.seeds for fold in profile.folds}
     stored = None if recompute else [stored_rows(key, profile) for key in keys]
     if stored is not None and all(rows is not None for rows in stored):
+        missing = {v.name for t in chosen for v in t.variants} - {m for rows in stored for m in rows["method"]}
+        if missing:  # written by a reproduce from before these rows existed
+            print(f"The stored results lack the rows {sorted(missing)}: computing the tables here instead.")
+            stored = None
+    if stored is not None and all(rows is not None for rows in stored):
         print(f"Stored results of `make reproduce` (profile {profile.name}): "
               f"{', '.join(f'results/{k}.csv' for k in keys)}, read-only. recompute=True (RECOMPUTE = True in a "
               f"notebook) trains and evaluates the {len(runs)} runs here instead (about a minute each on a 2-core "

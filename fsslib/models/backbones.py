@@ -35,7 +35,8 @@ timm's keys, so a timm state dict (``timm.create_model(name).state_dict()``) loa
 * **ViTs** (``timm.models.vision_transformer.VisionTransformer``, DINOv2 included): the stages end
   after four evenly spaced blocks (depth 12: blocks 2, 5, 8, 11, counting from 0). Each stage's
   output is its patch tokens after the model's final norm, as a map ``[B, C, H / p, W / p]``
-  (p = patch size = every stage's stride; inputs are padded up to a multiple of p). ``forward``
+  (p = patch size = every stage's stride; an input whose sides are not multiples of p is first
+  resized up to the next multiples, so the patch grid spans exactly the image). ``forward``
   runs the whole token sequence, class and register tokens included, exactly as timm does; only
   :meth:`TimmViTBackbone.run_stage` departs from it (see there).
 
@@ -441,6 +442,12 @@ class TimmViTBackbone(Backbone):
         """
         self._check_stage(upto)
         model = self._model()
+        patch = self.stride[self.stage_names[0]]
+        size = [-(-side // patch) * patch for side in images.shape[-2:]]
+        if list(images.shape[-2:]) != size:
+            # Resized, not padded: the patch grid then spans exactly the image, so features
+            # resized back to the image's size line up with its masks.
+            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
         x = model.patch_embed(images)  # [B, h, w, C] (dynamic_img_size)
         grid = x.shape[1:3] if x.ndim == 4 else model.patch_embed.dynamic_feat_size(images.shape[-2:])
         x = model.norm_pre(model.patch_drop(model._pos_embed(x)))  # prefix tokens prepended

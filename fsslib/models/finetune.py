@@ -28,10 +28,12 @@ Open choices (the sources give no numbers for this baseline):
 3. Start ``W = 0, b = 0``: deterministic, so an evaluation is reproducible without a seed.
 4. Features normalised to unit length per cell before the classifier (as the cosine of the
    prototype methods), so that one learning rate fits every backbone.
-5. The support loss averages over the valid pixels of all K supports together.
+5. The support loss averages over the valid pixels of all K supports together, on ``layer4``
+   logits upsampled to the mask size; the query is scored with the last iterate.
 
 Shapes as in :mod:`fsslib.models.base`; 1-way episodes. The adaptation runs inside ``head`` under
-``torch.enable_grad()``, so evaluation (which runs under ``no_grad``) adapts too.
+``torch.inference_mode(False)`` and ``torch.enable_grad()`` on copies of the features, so
+evaluation (under ``no_grad`` or ``inference_mode``) adapts too.
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def gradient_steps(params: Params, loss_of: Callable[[Params], Tensor], steps: i
     """
     moving = adapted or tuple(params)
     with torch.inference_mode(False), torch.enable_grad():
-        current = {k: autograd_ready(v.detach()) for k, v in params.items()}
+        current = {k: v.detach().clone() for k, v in params.items()}  # not the live parameters' memory
         iterates = [current]
         for _ in range(steps):
             leaves = {k: v.clone().requires_grad_(k in moving) for k, v in current.items()}
@@ -113,13 +115,14 @@ class FineTune(FewShotSegmenter):
         """``L_S``: the support cross-entropy of the classifier ``params``."""
         return support_loss(self.score(params, support), masks)
 
-    def adapt(self, support: Tensor, masks: Tensor) -> list[Params]:
-        """The classifier's iterates ``[(W, b)_0, ..., (W, b)_T]`` on one episode's supports."""
+    def adapt(self, support: Tensor, masks: Tensor, steps: int | None = None) -> list[Params]:
+        """The classifier's iterates ``[(W, b)_0, ..., (W, b)_T]`` on one episode's supports
+        (``T = steps``, by default the config's)."""
         with torch.inference_mode(False):
             support, masks = autograd_ready(support), autograd_ready(masks)
             start = {"weight": support.new_zeros(2, support.shape[1]), "bias": support.new_zeros(2)}
-            return gradient_steps(start, lambda p: self.episode_loss(p, support, masks), self.config.steps,
-                                  self.config.lr)
+            return gradient_steps(start, lambda p: self.episode_loss(p, support, masks),
+                                  self.config.steps if steps is None else steps, self.config.lr)
 
     def head(self, query_feats, support_feats, support_masks, way, out_size):
         if way != 1:

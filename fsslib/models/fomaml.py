@@ -28,14 +28,20 @@ backbone learns through the query features only (the support features enter ``th
 
 Open choices (stated here; the survey that motivates the family gives none of them):
 
-1. Head: 3x3 conv to ``width = 64``, ReLU, 1x1 conv to 2; features normalised per cell first.
-2. ``inner_steps = 5``, ``inner_lr = 0.5``, plain SGD, the same count in training and testing
-   (the ablation varies it: 1, 5, 10).
-3. ``anil``: the inner loop adapts the last (1x1) layer only; the 3x3 layer is meta-learned and
+1. Head: 3x3 conv to ``width = 64``, ReLU, 1x1 conv to 2, on ``layer4`` features normalised per
+   cell; PyTorch's default initialisation of the two convolutions (seeded by the training seed).
+2. ``inner_steps = 5``, ``inner_lr = 0.5``, plain SGD with a fixed (not learned) step size; the
+   same count in training and testing (the ablation varies it: 1, 5, 10). Trained on 1-shot
+   episodes, tested at K shots with the same steps and step size; the query is scored with the
+   last iterate (no early stopping).
+3. ``L_S`` upsamples the support logits to the mask size (rather than shrinking the masks).
+4. ``anil``: the inner loop adapts the last (1x1) layer only; the 3x3 layer is meta-learned and
    fixed within an episode.
-4. Episodes of a batch adapt independently; the outer loss averages their query losses.
-5. Evaluation adapts under ``torch.enable_grad()`` inside the forward and is deterministic (no
-   randomness in the inner loop).
+5. Episodes of a batch adapt independently; the outer loss is the query cross-entropy over the
+   valid pixels of every episode of the batch (the base class's loss).
+6. Adaptation runs inside the forward pass under ``torch.inference_mode(False)`` and
+   ``torch.enable_grad()`` on copies of the features, so evaluation (``torch.inference_mode()``)
+   adapts too; it is deterministic (no randomness in the inner loop).
 
 Shapes as in :mod:`fsslib.models.base`; 1-way episodes.
 """
@@ -100,12 +106,14 @@ class FOMAML(FewShotSegmenter):
         """``L_S``: the support cross-entropy under ``params`` (the supports carry no gradient)."""
         return support_loss(self.score(params, support.detach()), masks)
 
-    def adapt(self, support: Tensor, masks: Tensor) -> list[Params]:
-        """The inner loop's iterates ``[theta_0 = theta, ..., theta_T]`` on one episode's supports."""
+    def adapt(self, support: Tensor, masks: Tensor, steps: int | None = None) -> list[Params]:
+        """The inner loop's iterates ``[theta_0 = theta, ..., theta_T]`` on one episode's supports
+        (``T = steps``, by default the config's ``inner_steps``)."""
         with torch.inference_mode(False):
             support, masks = autograd_ready(support.detach()), autograd_ready(masks)
             return gradient_steps(self.initialisation(), lambda p: self.episode_loss(p, support, masks),
-                                  self.config.inner_steps, self.config.inner_lr, self.adapted_names())
+                                  self.config.inner_steps if steps is None else steps, self.config.inner_lr,
+                                  self.adapted_names())
 
     def head(self, query_feats, support_feats, support_masks, way, out_size):
         if way != 1:

@@ -5,7 +5,8 @@ inner steps (1, 5, 10; 5 is the main table's row) and ANIL, where only the last 
 Two test-only rows evaluate the 5-step model with the inner loop changed at test time: no step
 at all (what the meta-learned initialisation predicts before it sees the support) and 10 steps
 (does adapting longer than in training help?). Every row's reference is the 5-step model, on
-the same training seeds and test episodes. No paper reports these numbers for segmentation.
+the same training seeds and test episodes. No paper reports these numbers for segmentation, and
+the real-data profiles leave the table out (each row would be a 30,000-step run per fold).
 """
 from __future__ import annotations
 

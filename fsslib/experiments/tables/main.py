@@ -21,8 +21,14 @@ def main_variants(benchmark: str = "synthetic") -> list[Variant]:
 
 MAIN_VARIANTS = main_variants()
 PROTONET = next(v for v in MAIN_VARIANTS if v.model == REFERENCE_METHOD)
-#: Every row's reference, on every benchmark.
-MAIN_REFERENCES = {r.main_row: PROTONET.name for r in records() if r.main_row and r.main_row != PROTONET.name}
+
+
+def main_references(rows: list[Variant]) -> dict[str, str]:
+    """Every row's reference: the plain prototype model."""
+    return {v.name: PROTONET.name for v in rows if v.name != PROTONET.name}
+
+
+MAIN_REFERENCES = main_references(MAIN_VARIANTS)
 
 
 def paper_value(variant: Variant, shot: int) -> str:
