@@ -81,3 +81,8 @@ def test_every_claim_names_rows_of_its_table_and_every_table_has_reference_rows(
         assert {oracle.name, logit.name} <= by_key[table.key]
         assert oracle.protocol_args["supports"] == "oracle" and logit.protocol_args["shot_fusion"] == "logit_mean"
         assert table.references[oracle.name] == table.variants[0].name
+
+
+@pytest.mark.parametrize("benchmark", ["synthetic", "pascal5i"])
+def test_no_claim_compares_a_row_with_itself_at_the_same_shot(benchmark):
+    assert all(c.row != c.reference or (c.reference_shot or c.shot) != c.shot for c in claims(benchmark))

@@ -52,7 +52,7 @@ def test_gradient_steps_match_a_hand_computation_on_a_linear_head():
 
 
 def test_finetune_adapts_and_lowers_the_support_loss():
-    model = FineTune(FineTuneConfig(steps=20)).eval()
+    model = FineTune(FineTuneConfig(steps=20, lr=1.0)).eval()  # random features: a step size for their scale
     query, support, masks = episode(channels=model.backbone.out_channels["layer4"])
     with torch.no_grad():  # evaluation adapts under no_grad too
         out = model.head({"layer4": query}, {"layer4": support}, masks, 1, (12, 12))

@@ -100,7 +100,7 @@ def claims(benchmark: str = "synthetic") -> list[Claim]:
         out.append(Claim(f"more shots help: {v.name}", source, "main", v.name, v.name, 5, 1, paper_effect=gain))
     # The optimisation family claims no gain over prototype matching: the survey's claim runs the other way.
     out += [Claim(f"{v.name} beats prototype matching", "its paper", "main", v.name, PROTONET.name, shot)
-            for v in main_rows if v is not PROTONET and from_a_segmentation_paper(method_record(v.model))
+            for v in main_rows if v.name != PROTONET.name and from_a_segmentation_paper(method_record(v.model))
             for shot in (1, 5)]
     main_row = {v.model: v.name for v in main_rows}
     meta_learned, fine_tuned = main_row[FOMAML.name], main_row[FINETUNE.name]

@@ -23,8 +23,13 @@ Open choices (the sources give no numbers for this baseline):
 
 1. What adapts: the classifier only, on features of the pre-trained backbone, which stays frozen
    (``frozen_stages="all"``); the sources also fine-tune whole networks at a small learning rate.
-2. ``steps = 50``, ``lr = 0.5`` (full-batch gradient descent on the support pixels; the loss of
-   a linear classifier on fixed features needs no schedule).
+2. ``steps = 50`` of full-batch gradient descent on the support pixels (the loss of a linear
+   classifier on fixed features needs no schedule) at ``lr = 50``. On unit-length features the
+   gradients are small, so the step size is large. It was chosen among 0.5, 5 and 50 by the mean
+   query IoU after 50 steps on fold 0's *base-class* episodes of the synthetic benchmark (60 per
+   shot; no test class seen): 10.7 / 4.5 (1 / 5 shots) at 0.5, 30.9 / 51.6 at 5, 36.2 / 51.2 at 50.
+   The first table run used 0.5, an unchosen default: the classifier then predicted background
+   nearly everywhere (8.1 / 2.4 mIoU on the novel classes).
 3. Start ``W = 0, b = 0``: deterministic, so an evaluation is reproducible without a seed.
 4. Features normalised to unit length per cell before the classifier (as the cosine of the
    prototype methods), so that one learning rate fits every backbone.
@@ -55,7 +60,8 @@ Params = dict[str, Tensor]
 class FineTuneConfig(ModelConfig):
     feature_stage: str = "layer4"
     steps: int = 50
-    lr: float = 0.5
+    #: Chosen on base-class episodes (see the module docstring, choice 2).
+    lr: float = 50.0
     frozen_stages: tuple[str, ...] | str = "all"
 
 
