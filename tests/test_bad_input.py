@@ -94,7 +94,8 @@ def evaluate(*overrides: str):
 
 
 CASES = [
-    ("steps=abc", train("steps=abc"), r"steps must be an int >= 1, got 'abc'"),
+    ("steps=abc", train("steps=abc"), r"steps must be an int >= 0, got 'abc'"),
+    ("steps=0", train("steps=0"), r"steps must be at least 1 for 'protonet': a run of 0 steps would store"),
     ("fold=7", train("fold=7"), r"fold must be an int in 0\.\.3 \(synthetic has 4 folds\), got 7"),
     ("shot=0", train("shot=0"), r"shot must be an int >= 1, got 0"),
     ("batch_size=0", train("batch_size=0"), r"batch_size must be an int >= 1, got 0"),

@@ -9,7 +9,8 @@ import torch
 
 from fsslib.models import EXCLUDED, METHODS, build_model
 
-SMALL = {"pfenet": {"width": 16}, "mspf": {"width": 16}, "msdnet": {}}
+# No network here: the DINOv2 row is built with random weights.
+SMALL = {"pfenet": {"width": 16}, "mspf": {"width": 16}, "msdnet": {}, "dinov2-proto": {"weights": None}}
 BINARY_ONLY = {"ssp", "pfenet", "mspf", "msdnet", "finetune", "fomaml"}
 
 
@@ -65,8 +66,9 @@ def test_excluded_support_pixels_act_exactly_as_the_old_ignore_coding(name):
     """Pixels that are neither foreground nor background (other ways' objects, unlabelled scribble
     pixels) are coded 254 (EXCLUDED) instead of 255 (void). Next to real void pixels, every method
     gives bit for bit what it gave with the old coding: all of them but PANet and ProtoNet with
-    their default, and those two with ``background="labelled"`` (the rule before EXCLUDED)."""
-    args = {"background": "labelled"} if name in ("panet", "protonet") else {}
+    their default (and DINOv2-proto, ProtoNet on other features), and those with
+    ``background="labelled"`` (the rule before EXCLUDED)."""
+    args = {"background": "labelled"} if name in ("panet", "protonet", "dinov2-proto") else {}
     torch.manual_seed(0)
     net = build_model(name, **SMALL.get(name, {}), **args)
     b = batch(k=2, seed=5)  # support masks with void rows
